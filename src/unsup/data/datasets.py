@@ -1,0 +1,128 @@
+"""Named datasets and user paths, all loaded as uint8 tensors ``(N, C, H, W)``.
+
+``load("fashion-mnist", "train")`` is the default. A path loads a user's own
+data: an ``.npz``, a CIFAR-10/100 python folder, an STL-10 binary folder, or an
+image folder. Other families register extra names in ``LOADERS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import UnsupError
+from . import readers
+from .fetch import find_fashion_mnist
+
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+
+
+@dataclass
+class ImageDataset:
+    """Images as uint8 ``(N, C, H, W)``; labels int64 ``(N,)`` or ``None``."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise UnsupError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) == 0:
+            raise UnsupError(f"{self.name}: the image set is empty")
+        if self.labels is not None and len(self.labels) != len(self.images):
+            raise UnsupError(f"{self.name}: {len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes:
+            return len(self.classes)
+        return int(self.labels.max()) + 1 if self.labels is not None else 0
+
+    def to(self, device) -> "ImageDataset":
+        labels = self.labels.to(device) if self.labels is not None else None
+        return ImageDataset(self.name, self.images.to(device), labels, self.classes)
+
+    def subset(self, index) -> "ImageDataset":
+        labels = self.labels[index] if self.labels is not None else None
+        return ImageDataset(self.name, self.images[index], labels, self.classes)
+
+
+def _tensor(images: np.ndarray, labels: np.ndarray | None, name: str, classes) -> ImageDataset:
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if labels is not None else None
+    return ImageDataset(name, torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)), y, list(classes or []))
+
+
+def _fashion_mnist(split: str) -> ImageDataset:
+    root = find_fashion_mnist()
+    prefix = {"train": "train", "test": "t10k"}[split]
+    x = readers.read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+    y = readers.read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    if x.ndim != 3 or len(x) != len(y):
+        raise UnsupError(f"{root}: {prefix} images {x.shape} and labels {y.shape} do not match")
+    return _tensor(x[:, None], y, "fashion-mnist", FASHION_CLASSES)
+
+
+def _digits(split: str) -> ImageDataset:
+    """scikit-learn's 1,797 8x8 digits; a fixed 75/25 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images * (255.0 / 16.0)).round().astype(np.uint8)[:, None]
+    order = np.random.default_rng(0).permutation(len(x))
+    cut = int(0.75 * len(x))
+    idx = order[:cut] if split == "train" else order[cut:]
+    return _tensor(x[idx], d.target[idx], "digits", [str(i) for i in range(10)])
+
+
+def _from_path(path: Path, split: str) -> ImageDataset:
+    name = path.name
+    if path.suffix == ".npz":
+        x, y = readers.read_npz(path)
+        return _tensor(x, y, name, None)
+    if not path.exists():
+        raise UnsupError(f"{path}: no such file or folder")
+    if (path / "data_batch_1").exists() or (path / "test_batch").exists() or (path / "meta").exists():
+        x, y, classes = readers.read_cifar(path, split)
+        return _tensor(x, y, name, classes)
+    if (path / "train_X.bin").exists() or (path / "unlabeled_X.bin").exists():
+        x, y, classes = readers.read_stl10(path, split)
+        return _tensor(x, y, name, classes)
+    sub = path / split
+    x, y, classes = readers.read_image_folder(sub if sub.is_dir() else path)
+    return _tensor(x, y, name, classes)
+
+
+# name -> loader(split); method families add their own (e.g. natural images, video)
+LOADERS: dict[str, Callable[[str], ImageDataset]] = {
+    "fashion-mnist": _fashion_mnist,
+    "digits": _digits,
+}
+SPLITS = ("train", "test", "unlabeled")
+
+
+def load(name: str, split: str = "train") -> ImageDataset:
+    """A dataset by name (see ``LOADERS``) or by path, one split."""
+    if split not in SPLITS:
+        raise UnsupError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if name in LOADERS:
+        if split == "unlabeled":
+            split = "train"  # labelled sets serve their train split unlabelled
+        return LOADERS[name](split)
+    path = Path(name).expanduser()
+    if path.suffix == ".npz" or path.exists():
+        return _from_path(path, split)
+    raise UnsupError(f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)} or give a path (.npz, CIFAR, STL-10 or image folder)")

@@ -44,9 +44,12 @@ def random_resized_crop(x: torch.Tensor, scale, ratio, flip: float, out_size: in
     dev = x.device
     area = _uniform(b, *scale, dev)
     log_r = _uniform(b, math.log(ratio[0]), math.log(ratio[1]), dev)
-    r = torch.exp(log_r)
-    cw = torch.sqrt(area * r).clamp(max=1.0)  # crop width as a fraction of the image
-    ch = torch.sqrt(area / r).clamp(max=1.0)
+    r = torch.exp(log_r) * (h / w)  # pixel aspect -> aspect in image fractions
+    cw = torch.sqrt(area * r)  # crop width as a fraction of the image
+    ch = torch.sqrt(area / r)
+    # a crop too wide or too tall for the image keeps its area, not its aspect
+    wide, tall = cw > 1, ch > 1  # never both: cw * ch = area <= 1
+    cw, ch = torch.where(wide, 1.0, torch.where(tall, area, cw)), torch.where(tall, 1.0, torch.where(wide, area, ch))
     tx = (torch.rand(b, device=dev) * 2 - 1) * (1 - cw)
     ty = (torch.rand(b, device=dev) * 2 - 1) * (1 - ch)
     sign = torch.where(torch.rand(b, device=dev) < flip, -1.0, 1.0)
@@ -63,8 +66,8 @@ def random_resized_crop(x: torch.Tensor, scale, ratio, flip: float, out_size: in
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur sample i with its own ``sigma[i]`` (separable, grouped conv)."""
     b, c, h, w = x.shape
-    k = max(3, 2 * int(math.ceil(2 * float(sigma.max()))) + 1)
-    k = min(k, 2 * (min(h, w) // 2) - 1)
+    k = max(3, 2 * math.ceil(2 * float(sigma.max())) + 1)
+    k = max(1, min(k, 2 * ((min(h, w) - 1) // 2) + 1))  # odd, and the reflect pad stays below the image size
     pos = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     kern = torch.exp(-(pos[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
     kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, k)

@@ -7,9 +7,9 @@ image folder. Other families register extra names in ``LOADERS``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -52,11 +52,11 @@ class ImageDataset:
             return len(self.classes)
         return int(self.labels.max()) + 1 if self.labels is not None else 0
 
-    def to(self, device) -> "ImageDataset":
+    def to(self, device) -> ImageDataset:
         labels = self.labels.to(device) if self.labels is not None else None
         return ImageDataset(self.name, self.images.to(device), labels, self.classes)
 
-    def subset(self, index) -> "ImageDataset":
+    def subset(self, index) -> ImageDataset:
         labels = self.labels[index] if self.labels is not None else None
         return ImageDataset(self.name, self.images[index], labels, self.classes)
 

@@ -66,7 +66,7 @@ def get_fashion_mnist(quiet: bool = False) -> Path:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         if not quiet:
             print(f"installing the Debian package {DEBIAN_PACKAGE} ...")
-        done = subprocess.run(["apt-get", "install", "-y", DEBIAN_PACKAGE], capture_output=True, text=True)
+        done = subprocess.run(["apt-get", "install", "-y", DEBIAN_PACKAGE], check=False, capture_output=True, text=True)
         if done.returncode == 0:
             return find_fashion_mnist()
     target = cache_dir() / "fashion-mnist"

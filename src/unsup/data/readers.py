@@ -10,6 +10,7 @@ import gzip
 import io
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -45,8 +46,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
         raise UnsupError(
-            f"{path}: truncated or padded IDX data: header says shape {shape} "
-            f"({expected} bytes) but {len(raw) - header} bytes follow"
+            f"{path}: truncated or padded IDX data: header says shape {shape} ({expected} bytes) but {len(raw) - header} bytes follow"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
@@ -55,15 +55,19 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches: dicts, lists, bytes and numpy arrays, nothing else,
     so a crafted file cannot run code."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
-    }
+    ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5
+            ("numpy._core.numeric", "_frombuffer"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -83,8 +87,11 @@ def _read_cifar_batch(path: Path) -> dict:
 
 
 def read_cifar(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """CIFAR-10 (``data_batch_1..5``, ``test_batch``) or CIFAR-100 (``train``, ``test``)."""
+    """CIFAR-10 (``data_batch_1..5``, ``test_batch``) or CIFAR-100 (``train``, ``test``).
+
+    ``split`` is ``"train"``, ``"test"`` or ``"unlabeled"`` (the train files)."""
     root = Path(root)
+    split = "train" if split == "unlabeled" else split
     if (root / "data_batch_1").exists() or (root / "test_batch").exists():
         files = [root / f"data_batch_{i}" for i in range(1, 6)] if split == "train" else [root / "test_batch"]
         label_key, meta_file, names_key = "labels", root / "batches.meta", "label_names"
@@ -187,7 +194,7 @@ def read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             if "images" not in z:
                 raise UnsupError(f"{path}: no 'images' array (found: {', '.join(z.files) or 'none'})")
             images = z["images"]
-            labels = z["labels"] if "labels" in z else None
+            labels = z.get("labels")
     except UnsupError:
         raise
     except Exception as e:  # noqa: BLE001 - zipfile/numpy raise many kinds

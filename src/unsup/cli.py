@@ -1,0 +1,175 @@
+"""The command line: ``unsup methods | data get | pretrain | probe | bench | show``.
+
+User-fixable problems (``UnsupError``) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+import yaml
+
+from .errors import UnsupError
+
+
+def _options(pairs: list[str] | None) -> dict:
+    """``--option key=value`` (values parsed as YAML: numbers, lists, booleans)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise UnsupError(f"bad --option {pair!r}; write key=value, e.g. --option temperature=0.2")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_methods(args) -> None:
+    from .registry import all_methods
+
+    rows = [(m.name, m.family, m.paper) for m in all_methods()]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    for name, family, paper in rows:
+        print(f"{name:<{w0}}  {family:<{w1}}  {paper}")
+
+
+def cmd_data(args) -> None:
+    from .data.datasets import LOADERS
+    from .data.fetch import get_fashion_mnist
+
+    if args.name != "fashion-mnist":
+        if args.name in LOADERS:
+            print(f"{args.name}: ships with the installed packages, nothing to fetch")
+            return
+        raise UnsupError(f"unknown dataset {args.name!r}; `unsup data get` knows fashion-mnist (others: {', '.join(LOADERS)})")
+    print(f"fashion-mnist: {get_fashion_mnist(quiet=args.quiet)}")
+
+
+def cmd_pretrain(args) -> None:
+    from .api import pretrain
+
+    run = pretrain(args.method, data=args.data, budget=args.budget, out=args.out, device=args.device, seed=args.seed,
+                   options=_options(args.option), resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
+                   compile=args.compile)
+    from .train import distributed as dist
+
+    if dist.is_main():
+        print(run)
+
+
+def cmd_probe(args) -> None:
+    from .api import probe_run
+    from .data import parse_label_budgets
+    from .report import format_rows
+
+    result = probe_run(args.run, parse_label_budgets(args.labels), args.seeds, args.device,
+                       references=not args.no_references, supervised=not args.no_supervised, quiet=args.quiet)
+    print(json.dumps(result, indent=2) if args.json else format_rows(result))
+
+
+def cmd_bench(args) -> None:
+    from .api import DEFAULT_BENCH, bench
+    from .data import parse_label_budgets
+    from .registry import all_methods
+
+    if args.methods == "all":
+        methods = [m.name for m in all_methods()]
+    else:
+        methods = [m.strip() for m in (args.methods or ",".join(DEFAULT_BENCH)).split(",") if m.strip()]
+    command = "unsup " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    bench(data=args.data, methods=methods, budget=args.budget, out=args.out, budgets=parse_label_budgets(args.labels),
+          seeds=args.seeds, device=args.device, quiet=args.quiet, command=command)
+    print(f"leaderboard: {args.out}/leaderboard.md, report: {args.out}/report.html")
+
+
+def cmd_show(args) -> None:
+    from .run import RunDir
+
+    run = RunDir(args.run)
+    config = run.read_config()
+    print(yaml.safe_dump(config, sort_keys=False).rstrip())
+    metrics = run.metrics()
+    monitor = [m for m in metrics if "knn_monitor" in m]
+    if monitor:
+        print("k-NN monitor: " + ", ".join(f"{m['images_seen']}: {m['knn_monitor']:.3f}" for m in monitor))
+    if run.file("probe.json").exists():
+        from .report import format_rows
+
+        print(format_rows(json.loads(run.file("probe.json").read_text())))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unsup", description="Unsupervised visual representation learning, measured with few labels.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, device=True):
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        if device:
+            sp.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+    sp = sub.add_parser("methods", help="list the methods: name, family, paper")
+    sp.set_defaults(fn=cmd_methods)
+
+    sp = sub.add_parser("data", help="fetch a dataset")
+    sp.add_argument("action", choices=["get"])
+    sp.add_argument("name")
+    common(sp, device=False)
+    sp.set_defaults(fn=cmd_data)
+
+    sp = sub.add_parser("pretrain", help="pretrain a method without labels")
+    sp.add_argument("method")
+    sp.add_argument("--data", default="fashion-mnist", help="a dataset name or a path (.npz, CIFAR, STL-10, image folder)")
+    sp.add_argument("--budget", default="2m", help="images seen (50000, 100k) or time (90s, 2m)")
+    sp.add_argument("--out", default=None, help="run directory (default runs/METHOD-DATA-seedS)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="a method option, e.g. temperature=0.2")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    sp.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    common(sp)
+    sp.set_defaults(fn=cmd_pretrain)
+
+    sp = sub.add_parser("probe", help="measure a run's encoder with few labels")
+    sp.add_argument("run")
+    sp.add_argument("--labels", default="1,10,100,all", help="labels per class, e.g. 1,10,100,all")
+    sp.add_argument("--seeds", type=int, default=3)
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--no-references", action="store_true", help="skip raw pixels, random encoder and supervised")
+    sp.add_argument("--no-supervised", action="store_true", help="skip the supervised reference")
+    common(sp)
+    sp.set_defaults(fn=cmd_probe)
+
+    sp = sub.add_parser("bench", help="pretrain and probe several methods; write a leaderboard and report")
+    sp.add_argument("--data", default="fashion-mnist")
+    sp.add_argument("--methods", default=None, help="comma-separated names, or all (default: the foundation three)")
+    sp.add_argument("--budget", default="20k", help="the same pretraining budget for every method")
+    sp.add_argument("--out", default="bench-out")
+    sp.add_argument("--labels", default="1,10,100,all")
+    sp.add_argument("--seeds", type=int, default=3)
+    common(sp)
+    sp.set_defaults(fn=cmd_bench)
+
+    sp = sub.add_parser("show", help="show a run: config, k-NN monitor, probe results")
+    sp.add_argument("run")
+    sp.set_defaults(fn=cmd_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except UnsupError as e:
+        print(f"unsup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unsup: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

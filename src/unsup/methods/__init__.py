@@ -1,0 +1,1 @@
+"""Methods, one file each under a family folder; see ``unsup.registry``."""

@@ -1,0 +1,112 @@
+"""Autoencoders: Vincent, Larochelle, Lajoie, Bengio & Manzagol, "Stacked
+Denoising Autoencoders: Learning Useful Representations in a Deep Network
+with a Local Denoising Criterion", JMLR 2010.
+
+The denoising criterion: corrupt the input (masking noise: a random fraction
+of pixels set to 0, or additive Gaussian noise) and reconstruct the *clean*
+input, with cross-entropy for inputs in [0, 1] as in the paper. Here the
+encoder is the shared convolutional backbone and the decoder mirrors it with
+transposed convolutions from the feature vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...data.augment import to_float
+from ...registry import register
+from ..base import Method, MethodConfig
+
+
+@dataclass
+class AutoencoderConfig(MethodConfig):
+    corruption: str = "none"  # none | mask | gaussian
+    noise_level: float = 0.0  # masking fraction, or Gaussian std
+    decoder_width: int = 64
+
+
+def corrupt(x: torch.Tensor, kind: str, level: float) -> torch.Tensor:
+    if kind == "mask":  # masking noise: destroy a random fraction of the pixels
+        return x * (torch.rand_like(x[:, :1]) >= level)
+    if kind == "gaussian":
+        return (x + level * torch.randn_like(x)).clamp(0, 1)
+    return x
+
+
+class ConvDecoder(nn.Module):
+    """Feature vector -> image: a linear map to a (w, H/4, W/4) grid, two
+    stride-2 transposed convolutions, logits at the input size."""
+
+    def __init__(self, in_dim: int, channels: int, size: int, width: int = 64):
+        super().__init__()
+        self.s0 = max(1, size // 4)
+        self.size = size
+        self.fc = nn.Linear(in_dim, width * self.s0 * self.s0)
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(width // 2, width // 4, 4, 2, 1), nn.BatchNorm2d(width // 4), nn.ReLU(inplace=True),
+            nn.Conv2d(width // 4, channels, 3, 1, 1),
+        )
+        self.width = width
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.net(self.fc(z).view(len(z), self.width, self.s0, self.s0))
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x
+
+
+class AutoencoderBase(Method):
+    """Encode, decode, cross-entropy against the clean input; subclasses pick the corruption."""
+
+    family = "direct mapping"
+    Config = AutoencoderConfig
+
+    def __init__(self, cfg: AutoencoderConfig, shape):
+        super().__init__(cfg, shape)
+        self.encoder = self.make_encoder()
+        self.decoder = ConvDecoder(self.encoder.out_dim, shape[0], shape[1], cfg.decoder_width)
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the reconstruction, code) for float images."""
+        code = self.encoder(corrupt(x, self.cfg.corruption, self.cfg.noise_level))
+        return self.decoder(code), code
+
+    def training_loss(self, images):
+        x = to_float(images)
+        logits, code = self.reconstruct(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").sum((1, 2, 3)).mean()
+        return loss, {"mse": float(F.mse_loss(torch.sigmoid(logits.float()), x))}
+
+    @torch.no_grad()
+    def figures(self, data, out_dir: Path) -> list[Path]:
+        from ...report.figures import save_image_grid
+
+        was = self.training
+        self.eval()
+        x = to_float(data.images[:12].to(next(self.parameters()).device))
+        noisy = corrupt(x, self.cfg.corruption, self.cfg.noise_level)
+        recon = torch.sigmoid(self.decoder(self.encoder(noisy)))
+        self.train(was)
+        path = Path(out_dir) / "reconstructions.png"
+        save_image_grid(torch.cat([noisy, recon, x]).cpu(), path, nrow=12, title="corrupted / reconstruction / original")
+        return [path]
+
+
+@dataclass
+class DenoisingConfig(AutoencoderConfig):
+    corruption: str = "mask"
+    noise_level: float = 0.25  # the paper uses 10-40% masking noise
+
+
+@register
+class DenoisingAutoencoder(AutoencoderBase):
+    name = "denoising-autoencoder"
+    paper = "Vincent et al. 2010, Stacked Denoising Autoencoders"
+    Config = DenoisingConfig

@@ -1,0 +1,83 @@
+"""Multi-process data parallel under ``torchrun``: gloo on CPU, NCCL on CUDA.
+
+Each process sees its own shard of every batch; gradients are averaged with
+one bucketed ``all_reduce`` per step (the arithmetic of
+DistributedDataParallel, applied after any custom step so GANs work too), and
+contrastive losses gather embeddings with gradients across processes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment."""
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return is_distributed()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    return True
+
+
+def average_gradients(params) -> None:
+    if not is_distributed():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every process, keeping gradients to the local part."""
+    if not is_distributed():
+        return x
+    import torch.distributed.nn.functional as dist_nn
+
+    return torch.cat(dist_nn.all_gather(x), dim=0)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum a statistic over processes in place (k-means counts and sums)."""
+    if is_distributed():
+        dist.all_reduce(x)
+    return x
+
+
+def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    if is_distributed():
+        dist.broadcast(x, src)
+    return x
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,69 @@
+"""Optimisers (AdamW, SGD, LARS) and the warm-up + cosine learning-rate
+schedule, driven by budget progress in [0, 1] rather than epochs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import UnsupError
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratios (You et al. 2017), as used
+    by SimCLR/BYOL; biases and norm parameters (1-D) skip weight decay and
+    adaptation, as in those papers."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 1e-6, eta: float = 1e-3):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if p.ndim > 1:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.norm(p), torch.norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    g = g * trust
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(g)
+                p.add_(buf, alpha=-group["lr"])
+
+
+OPTIMIZERS = ("adamw", "sgd", "lars", "adam")
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float = 0.9, betas=(0.9, 0.999)):
+    params = list(params)
+    if name == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    elif name == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    elif name == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif name == "lars":
+        opt = LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        raise UnsupError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    for g in opt.param_groups:
+        g["base_lr"] = g["lr"]
+    return opt
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` of the budget, then cosine to 0."""
+    if warmup > 0 and progress < warmup:
+        return progress / warmup
+    t = (progress - warmup) / max(1e-8, 1 - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def set_lr(optimizers, factor: float) -> None:
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g.get("base_lr", g["lr"]) * factor

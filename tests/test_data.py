@@ -242,7 +242,7 @@ def test_image_folder_labelled(tmp_path):
             imgs[(cls, i)] = a
             _png(root / cls / f"{i}.png", a)
     (root / "cat" / "notes.txt").write_text("not an image")
-    ds = load(str(root))
+    ds = load(str(root), "unlabeled")
     assert tuple(ds.images.shape) == (4, 3, 6, 5)
     assert ds.classes == ["cat", "dog"]
     assert ds.labels.tolist() == [0, 0, 1, 1]
@@ -258,7 +258,7 @@ def test_image_folder_unlabelled_grey(tmp_path):
     assert y is None and classes == []
     assert x.shape == (3, 1, 4, 4)
     np.testing.assert_array_equal(x[:, 0], a)
-    assert load(str(root)).labels is None
+    assert load(str(root), "unlabeled").labels is None
 
 
 def test_image_folder_mixed_sizes(tmp_path):
@@ -287,14 +287,14 @@ def test_image_folder_empty_and_corrupt(tmp_path):
 def test_npz_layouts(tmp_path):
     hw = RNG.integers(0, 256, (4, 5, 6), dtype=np.uint8)
     np.savez(tmp_path / "hw.npz", images=hw)
-    ds = load(str(tmp_path / "hw.npz"))
+    ds = load(str(tmp_path / "hw.npz"), "unlabeled")
     assert tuple(ds.images.shape) == (4, 1, 5, 6) and ds.labels is None
     np.testing.assert_array_equal(ds.images[:, 0].numpy(), hw)
 
     hwc = RNG.integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)
     labels = np.array([0, 2, 1, 2])
     np.savez(tmp_path / "hwc.npz", images=hwc, labels=labels)
-    ds = load(str(tmp_path / "hwc.npz"))
+    ds = load(str(tmp_path / "hwc.npz"), "unlabeled")
     assert tuple(ds.images.shape) == (4, 3, 5, 6)
     np.testing.assert_array_equal(ds.images.numpy(), hwc.transpose(0, 3, 1, 2))
     assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == [0, 2, 1, 2]
@@ -484,3 +484,18 @@ def test_augment_uint8_rgb():
     assert v.dtype == torch.float32 and v.shape == (3, 3, 12, 12)
     assert float(v.min()) >= 0.0 and float(v.max()) <= 1.0
     torch.testing.assert_close(augment(x, NO_CHANGE), x.float() / 255, atol=1e-5, rtol=0)
+
+
+def test_single_split_sources_hold_out_a_fixed_test_split(tmp_path):
+    x = RNG.integers(0, 256, (50, 4, 4), dtype=np.uint8)
+    y = np.arange(50) % 5
+    np.savez(tmp_path / "one.npz", images=x, labels=y)
+    tr, te = load(str(tmp_path / "one.npz"), "train"), load(str(tmp_path / "one.npz"), "test")
+    assert len(tr) == 40 and len(te) == 10
+    seen = {bytes(a.numpy()) for a in tr.images} | {bytes(a.numpy()) for a in te.images}
+    assert len(seen) == 50  # disjoint and complete
+    assert torch.equal(load(str(tmp_path / "one.npz"), "test").images, te.images)  # fixed
+    # an npz with its own test arrays uses them
+    np.savez(tmp_path / "two.npz", images=x, labels=y, test_images=x[:7], test_labels=y[:7])
+    assert len(load(str(tmp_path / "two.npz"), "train")) == 50
+    assert torch.equal(load(str(tmp_path / "two.npz"), "test").labels, torch.from_numpy(y[:7]))

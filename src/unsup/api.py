@@ -38,10 +38,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _load_train(method_cls, data: str):
-    try:
-        return datasets.load(data, "unlabeled") if method_cls.__dict__.get("prefer_unlabeled") else datasets.load(data, "train")
-    except UnsupError:
-        raise
+    return datasets.load(data, "unlabeled") if method_cls.__dict__.get("prefer_unlabeled") else datasets.load(data, "train")
 
 
 def pretrain(method: str, data: str = "fashion-mnist", budget: str = "2m", out: str | Path | None = None,

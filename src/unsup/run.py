@@ -36,7 +36,16 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def _comparable(config: dict) -> dict:
-    return {k: config.get(k) for k in ("method", "data", "options", "seed")}
+    """The fields that make two runs the same run (YAML turns tuples into lists)."""
+    return json.loads(json.dumps({k: config.get(k) for k in ("method", "data", "options", "seed")}))
+
+
+def _differences(old: dict, new: dict) -> str:
+    a, b = _comparable(old), _comparable(new)
+    diffs = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in ("method", "data", "seed") if a[k] != b[k]]
+    opts_a, opts_b = a.get("options") or {}, b.get("options") or {}
+    diffs += [f"option {k}: {opts_a.get(k)!r} -> {opts_b.get(k)!r}" for k in sorted(set(opts_a) | set(opts_b)) if opts_a.get(k) != opts_b.get(k)]
+    return "; ".join(diffs)
 
 
 class RunDir:
@@ -68,7 +77,7 @@ class RunDir:
                 raise UnsupError(f"{self.path} already holds a run ({old.get('method')} on {old.get('data')}); "
                                  "pass --resume to continue it, --overwrite to replace it, or choose another --out")
             if _comparable(old) != _comparable(config):
-                raise UnsupError(f"{self.path} holds a different run ({_comparable(old)}); --resume needs the same "
+                raise UnsupError(f"{self.path} holds a different run ({_differences(old, config)}); --resume needs the same "
                                  "method, data, options and seed, or pass --overwrite")
         if overwrite and self.path.exists():
             for name in (CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE):

@@ -88,11 +88,26 @@ def _digits(split: str) -> ImageDataset:
     return _tensor(x[idx], d.target[idx], "digits", [str(i) for i in range(10)])
 
 
+HOLD_OUT = 0.2  # share of a single-split source kept as its test split
+
+
+def _split_held_out(ds: ImageDataset, split: str) -> ImageDataset:
+    """A source with one split (npz, flat folder): a fixed 80/20 train/test
+    split, the same for every run; the unlabelled split is everything."""
+    if split == "unlabeled":
+        return ds
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(ds)))
+    cut = int(round(len(ds) * (1 - HOLD_OUT)))
+    return ds.subset(order[:cut] if split == "train" else order[cut:])
+
+
 def _from_path(path: Path, split: str) -> ImageDataset:
     name = path.name
     if path.suffix == ".npz":
-        x, y = readers.read_npz(path)
-        return _tensor(x, y, name, None)
+        x, y, tx, ty = readers.read_npz_splits(path)
+        if tx is not None:
+            return _tensor(tx, ty, name, None) if split == "test" else _tensor(x, y, name, None)
+        return _split_held_out(_tensor(x, y, name, None), split)
     if not path.exists():
         raise UnsupError(f"{path}: no such file or folder")
     if (path / "data_batch_1").exists() or (path / "test_batch").exists() or (path / "meta").exists():
@@ -101,9 +116,12 @@ def _from_path(path: Path, split: str) -> ImageDataset:
     if (path / "train_X.bin").exists() or (path / "unlabeled_X.bin").exists():
         x, y, classes = readers.read_stl10(path, split)
         return _tensor(x, y, name, classes)
-    sub = path / split
-    x, y, classes = readers.read_image_folder(sub if sub.is_dir() else path)
-    return _tensor(x, y, name, classes)
+    sub = path / ("train" if split == "unlabeled" else split)
+    if sub.is_dir():
+        x, y, classes = readers.read_image_folder(sub)
+        return _tensor(x, y, name, classes)
+    x, y, classes = readers.read_image_folder(path)
+    return _split_held_out(_tensor(x, y, name, classes), split)
 
 
 # name -> loader(split); method families add their own (e.g. natural images, video)

@@ -184,8 +184,29 @@ def read_image_folder(root: str | Path, size: int | None = None) -> tuple[np.nda
     return np.ascontiguousarray(images), labels, classes
 
 
-def read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """An ``.npz`` with ``images`` (N,H,W), (N,H,W,C) or (N,C,H,W) and optional ``labels``."""
+def _npz_images(path: Path, images: np.ndarray, labels: np.ndarray | None, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4:
+        if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            images = images.transpose(0, 3, 1, 2)
+    else:
+        raise UnsupError(f"{path}: '{key}' has shape {images.shape}; expected (N,H,W), (N,H,W,C) or (N,C,H,W)")
+    if images.dtype != np.uint8:
+        if images.dtype.kind == "f" and images.size and images.max() <= 1.0:
+            images = images * 255.0
+        images = np.clip(images, 0, 255).astype(np.uint8)
+    if labels is not None:
+        if labels.shape != (len(images),):
+            raise UnsupError(f"{path}: labels for '{key}' have shape {labels.shape}; expected ({len(images)},)")
+        labels = labels.astype(np.int64)
+    return np.ascontiguousarray(images), labels
+
+
+def read_npz_splits(path: str | Path):
+    """An ``.npz`` with ``images`` (N,H,W), (N,H,W,C) or (N,C,H,W), optional
+    ``labels``, and optionally its own ``test_images`` / ``test_labels``.
+    Returns (images, labels, test_images, test_labels), missing ones None."""
     path = Path(path)
     if not path.is_file():
         raise UnsupError(f"{path}: file not found")
@@ -193,25 +214,19 @@ def read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z:
                 raise UnsupError(f"{path}: no 'images' array (found: {', '.join(z.files) or 'none'})")
-            images = z["images"]
-            labels = z.get("labels")
+            arrays = {k: z[k] for k in ("images", "labels", "test_images", "test_labels") if k in z}
     except UnsupError:
         raise
     except Exception as e:  # noqa: BLE001 - zipfile/numpy raise many kinds
         raise UnsupError(f"{path}: not a readable .npz ({e})") from None
-    if images.ndim == 3:
-        images = images[:, None]
-    elif images.ndim == 4:
-        if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-            images = images.transpose(0, 3, 1, 2)
-    else:
-        raise UnsupError(f"{path}: 'images' has shape {images.shape}; expected (N,H,W), (N,H,W,C) or (N,C,H,W)")
-    if images.dtype != np.uint8:
-        if images.dtype.kind == "f" and images.size and images.max() <= 1.0:
-            images = images * 255.0
-        images = np.clip(images, 0, 255).astype(np.uint8)
-    if labels is not None:
-        if labels.shape != (len(images),):
-            raise UnsupError(f"{path}: 'labels' has shape {labels.shape}; expected ({len(images)},)")
-        labels = labels.astype(np.int64)
-    return np.ascontiguousarray(images), labels
+    x, y = _npz_images(path, arrays["images"], arrays.get("labels"), "images")
+    tx = ty = None
+    if "test_images" in arrays:
+        tx, ty = _npz_images(path, arrays["test_images"], arrays.get("test_labels"), "test_images")
+    return x, y, tx, ty
+
+
+def read_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``images`` and ``labels`` of an ``.npz`` (see ``read_npz_splits``)."""
+    x, y, _, _ = read_npz_splits(path)
+    return x, y

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..data import augment, few_label_indices
 from ..data.fetch import cache_dir

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..data.augment import AugmentConfig
 from ..errors import UnsupError
@@ -73,7 +73,7 @@ class Method(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.shape = tuple(shape)  # (C, H, W) of the training images
-        c, h, w = self.shape
+        _c, h, w = self.shape
         if h != w:
             raise UnsupError(f"{self.name}: images must be square, got {h}x{w}; resize them first")
 

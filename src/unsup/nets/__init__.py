@@ -8,8 +8,8 @@ nothing else.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torchvision
+from torch import nn
 
 from ..errors import UnsupError
 

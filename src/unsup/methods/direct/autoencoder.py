@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ...data.augment import to_float
 from ...registry import register
@@ -80,9 +80,9 @@ class AutoencoderBase(Method):
 
     def training_loss(self, images):
         x = to_float(images)
-        logits, code = self.reconstruct(x)
+        logits, _code = self.reconstruct(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").sum((1, 2, 3)).mean()
-        return loss, {"mse": float(F.mse_loss(torch.sigmoid(logits.float()), x))}
+        return loss, {"mse": float(F.mse_loss(torch.sigmoid(logits.detach().float()), x))}
 
     @torch.no_grad()
     def figures(self, data, out_dir: Path) -> list[Path]:

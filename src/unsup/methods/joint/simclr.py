@@ -67,8 +67,8 @@ class SimCLR(Method):
         return loss, {}
 
     def figures(self, data, out_dir: Path) -> list[Path]:
-        from ...report.figures import save_embedding_plot
         from ...evaluate.features import extract_features
+        from ...report.figures import save_embedding_plot
 
         test = data.subset(torch.arange(min(2000, len(data))))
         if test.labels is None:

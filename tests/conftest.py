@@ -1,0 +1,29 @@
+"""Shared fixtures: a small real Fashion-MNIST subset as an .npz (with its own
+test arrays), and a private cache so the supervised-reference cache of one
+test never leaks into another."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNSUP_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def fm_small(tmp_path_factory) -> str:
+    """3,000 training and 1,000 test images of Fashion-MNIST, class-balanced."""
+    from unsup.data import load
+
+    out = tmp_path_factory.mktemp("data") / "fm-small.npz"
+    tr, te = load("fashion-mnist", "train"), load("fashion-mnist", "test")
+    g = torch.Generator().manual_seed(0)
+    i, j = torch.randperm(len(tr), generator=g)[:3000], torch.randperm(len(te), generator=g)[:1000]
+    np.savez(out, images=tr.images[i, 0].numpy(), labels=tr.labels[i].numpy(),
+             test_images=te.images[j, 0].numpy(), test_labels=te.labels[j].numpy())
+    return str(out)

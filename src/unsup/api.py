@@ -38,7 +38,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def _load_train(method_cls, data: str):
-    return datasets.load(data, "unlabeled") if method_cls.__dict__.get("prefer_unlabeled") else datasets.load(data, "train")
+    """Pretraining images: the unlabelled split where a source has one (STL-10)."""
+    source = method_cls.training_data(data)
+    return datasets.load(source, "unlabeled" if datasets.has_unlabeled_split(source) else "train")
 
 
 def pretrain(method: str, data: str = "fashion-mnist", budget: str = "2m", out: str | Path | None = None,

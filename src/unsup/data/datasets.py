@@ -97,7 +97,7 @@ def _split_held_out(ds: ImageDataset, split: str) -> ImageDataset:
     if split == "unlabeled":
         return ds
     order = torch.from_numpy(np.random.default_rng(0).permutation(len(ds)))
-    cut = int(round(len(ds) * (1 - HOLD_OUT)))
+    cut = round(len(ds) * (1 - HOLD_OUT))
     return ds.subset(order[:cut] if split == "train" else order[cut:])
 
 
@@ -132,8 +132,27 @@ LOADERS: dict[str, Callable[[str], ImageDataset]] = {
 SPLITS = ("train", "test", "unlabeled")
 
 
+def has_unlabeled_split(name: str) -> bool:
+    """True for sources with a separate unlabelled split (STL-10's 100k images)."""
+    return (Path(name).expanduser() / "unlabeled_X.bin").is_file()
+
+
+def _discover_loaders() -> None:
+    """Import every module of ``unsup.data`` so the ones that add names to
+    ``LOADERS`` (natural images, video, stereo) have done so."""
+    import importlib
+    import pkgutil
+
+    from .. import data
+
+    for info in pkgutil.iter_modules(data.__path__):
+        importlib.import_module(f"{data.__name__}.{info.name}")
+
+
 def load(name: str, split: str = "train") -> ImageDataset:
     """A dataset by name (see ``LOADERS``) or by path, one split."""
+    if name not in LOADERS:
+        _discover_loaders()
     if split not in SPLITS:
         raise UnsupError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if name in LOADERS:

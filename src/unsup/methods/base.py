@@ -112,6 +112,13 @@ class Method(nn.Module):
     def fit(self, data, budget, ctx) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def training_data(cls, data: str) -> str:
+        """The dataset this method pretrains on when asked for ``data``; video
+        and stereo methods map an image dataset to their own (e.g.
+        fashion-mnist -> moving-fashion-mnist)."""
+        return data
+
     # --- evaluation data --------------------------------------------------
     def probe_datasets(self, data: str):
         """(train, test) labelled image sets the encoder is probed on; video

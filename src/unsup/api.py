@@ -62,7 +62,8 @@ def pretrain(method: str, data: str = "fashion-mnist", budget: str = "2m", out: 
     if dist.is_main():
         run.prepare(config, resume=resume, overwrite=overwrite)
     dist.barrier()
-    mon = KnnMonitor(train, seed=seed) if (monitor and train.labels is not None) else None
+    mon_data = train.monitor_data() if hasattr(train, "monitor_data") else train  # video: labelled stills
+    mon = KnnMonitor(mon_data, seed=seed) if (monitor and mon_data is not None and mon_data.labels is not None) else None
     ctx = TrainContext(device=dev, run=run, quiet=quiet, resume=resume, compile=compile, seed=seed, monitor=mon,
                        desc=f"{method}")
     shard = train

@@ -98,7 +98,7 @@ class Method(nn.Module):
     def training_step(self, images: torch.Tensor, optimizers, backward) -> dict[str, float]:
         """One step; ``backward(loss, optimizer)`` does backward, gradient
         averaging across processes and the optimiser step."""
-        loss, logs = self.training_loss(images)
+        loss, logs = self.training_loss(*images) if self.uses_labels else self.training_loss(images)
         backward(loss, optimizers[0])
         return {"loss": float(loss.detach()), **logs}
 

@@ -2,11 +2,16 @@
 ``conv-clustering`` and ``deepcluster``.
 
 Each step assigns a batch to its nearest centroids and moves every centroid
-towards the mean of its points with a per-centroid rate 1/count. Under
-``torchrun`` each process assigns its own shard and the per-centroid sums and
-counts are summed with ``all_reduce``, so the result equals the
-single-process result on the concatenated batch. Centroids that stay empty
-are re-seeded from random points of the batch.
+towards the mean of its points with a per-centroid rate 1/count; a batch as
+large as the data makes each step a full Lloyd iteration.
+
+Under ``torchrun`` each process holds a shard; the data are the shards
+concatenated in rank order. Every random choice (initial centroids, batch
+order, re-seeding) is drawn over *global* indices with the same generator on
+every process, each process contributes the rows it holds, and the
+per-centroid sums and counts are summed with ``all_reduce``: the result equals
+the single-process result on the concatenated data (up to float summation
+order). Centroids that stay empty are re-seeded from random points of the batch.
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ from ...errors import UnsupError
 from ...train import distributed as dist
 
 
-def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of each row and the squared distance to it."""
+def assign(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384, need_dist: bool = True
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Nearest centroid of each row and (optionally) the squared distance to it."""
     c2 = (centroids * centroids).sum(1)
     labels, dists = [], []
     for i in range(0, len(x), chunk):
         xb = x[i : i + chunk]
-        d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ centroids.T + c2
+        d = torch.addmm(c2, xb, centroids.T, alpha=-2.0)  # |c|^2 - 2 x.c : the argmin needs no |x|^2
         best, lab = d.min(1)
         labels.append(lab)
-        dists.append(best.clamp_min(0))
-    return torch.cat(labels), torch.cat(dists)
+        if need_dist:
+            dists.append((best + (xb * xb).sum(1)).clamp_min(0))
+    return torch.cat(labels), (torch.cat(dists) if need_dist else None)
 
 
 def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -36,37 +43,87 @@ def inertia(x: torch.Tensor, centroids: torch.Tensor) -> float:
     return float(dist.all_reduce_sum(total))
 
 
-def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None = None, seed: int = 0,
-           init: torch.Tensor | None = None) -> torch.Tensor:
-    """Centroids ``(k, D)`` of the rows of ``x`` (local shard under torchrun).
+class _Layout:
+    """Where this process's rows sit in the concatenation of all shards."""
 
-    ``iterations`` passes over the data; ``batch_size=None`` (or >= len(x))
-    makes each step a full Lloyd iteration.
-    """
+    def __init__(self, x: torch.Tensor):
+        counts = torch.zeros(dist.world_size(), dtype=torch.long, device=x.device)
+        counts[dist.rank()] = len(x)
+        dist.all_reduce_sum(counts)
+        self.x, self.n = x, len(x)
+        self.offset = int(counts[: dist.rank()].sum())
+        self.total = int(counts.sum())
+
+    def local(self, idx: torch.Tensor) -> torch.Tensor:
+        """The rows of global indices ``idx`` held here."""
+        mine = (idx >= self.offset) & (idx < self.offset + self.n)
+        return self.x[idx[mine] - self.offset]
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows at global indices ``idx``, assembled on every process."""
+        if dist.world_size() == 1:
+            return self.x[idx]
+        mine = (idx >= self.offset) & (idx < self.offset + self.n)
+        out = torch.zeros(len(idx), self.x.shape[1], device=self.x.device, dtype=self.x.dtype)
+        out[mine] = self.x[idx[mine] - self.offset]
+        return dist.all_reduce_sum(out)
+
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) on the rows of ``x``."""
     n = len(x)
-    total = int(dist.all_reduce_sum(torch.tensor([n], device=x.device)).item())
+    first = int(torch.randint(0, n, (1,), generator=g))
+    centroids = [x[first]]
+    d = ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        p = d.clamp_min(0).double().cpu()
+        i = int(torch.multinomial(p / p.sum(), 1, generator=g)) if float(p.sum()) > 0 else int(torch.randint(0, n, (1,), generator=g))
+        centroids.append(x[i])
+        d = torch.minimum(d, ((x - x[i]) ** 2).sum(1))
+    return torch.stack(centroids)
+
+
+def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None = None, seed: int = 0,
+           init: torch.Tensor | str = "random", init_size: int | None = None) -> torch.Tensor:
+    """Centroids ``(k, D)`` of the rows of ``x`` (the local shard under torchrun).
+
+    ``iterations`` passes over the data; ``batch_size=None`` (or >= the data)
+    makes each step a full Lloyd iteration; ``batch_size`` is the global batch.
+    ``init``: "random" (k distinct points), "k-means++" (on ``init_size``
+    random points, default ``max(3 * batch, 3 * k)``, as scikit-learn does),
+    or a tensor of centroids.
+    """
+    lay = _Layout(x)
+    total = lay.total
+    if k < 1:
+        raise UnsupError(f"k-means: the number of centroids must be at least 1, got {k}")
     if k > total:
         raise UnsupError(f"k-means: {k} centroids need at least {k} points, got {total}; lower the number of centroids or add data")
     g = torch.Generator(device="cpu").manual_seed(seed)
-    if init is None:
-        centroids = x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
-        if len(centroids) < k:  # a tiny shard: pad with noise, fixed by the broadcast below
-            centroids = torch.cat([centroids, torch.randn(k - len(centroids), x.shape[1], generator=g).to(x)])
-        dist.broadcast(centroids)
+    batch = total if batch_size is None else min(batch_size, total)
+    dev = x.device
+    if isinstance(init, torch.Tensor):
+        centroids = init.clone().to(x)
+    elif init == "k-means++":
+        m = min(total, init_size or max(3 * batch if batch < total else 0, 3 * k, 10_000))
+        sample = lay.rows(torch.randperm(total, generator=g)[:m].to(dev))
+        centroids = kmeans_plus_plus(sample, k, g)
+    elif init == "random":
+        centroids = lay.rows(torch.randperm(total, generator=g)[:k].to(dev)).clone()
     else:
-        centroids = init.clone()
-    counts = torch.zeros(k, device=x.device, dtype=x.dtype)
-    batch = n if batch_size is None else min(batch_size, n)
+        raise UnsupError(f"k-means: unknown init {init!r}; choose random or k-means++")
+    counts = torch.zeros(k, device=dev, dtype=x.dtype)
     for _ in range(iterations):
-        order = torch.randperm(n, generator=g).to(x.device) if batch < n else torch.arange(n, device=x.device)
-        for i in range(0, n - batch + 1, batch):
-            xb = x[order[i : i + batch]]
-            labels, _ = assign(xb, centroids)
+        order = torch.randperm(total, generator=g).to(dev) if batch < total else None
+        for i in range(0, total - batch + 1, batch):
+            gidx = order[i : i + batch] if order is not None else None
+            xb = lay.local(gidx) if gidx is not None else x
+            labels, _ = assign(xb, centroids, need_dist=False)
             sums = torch.zeros_like(centroids).index_add_(0, labels, xb)
             n_c = torch.bincount(labels, minlength=k).to(x.dtype)
             dist.all_reduce_sum(sums)
             dist.all_reduce_sum(n_c)
-            if batch == n:  # Lloyd: replace by the means
+            if gidx is None:  # Lloyd: replace by the means
                 centroids = torch.where(n_c[:, None] > 0, sums / n_c.clamp_min(1)[:, None], centroids)
             else:
                 counts += n_c
@@ -74,9 +131,7 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None
                 centroids += rate * (sums / n_c.clamp_min(1)[:, None] - centroids) * (n_c[:, None] > 0)
             empty = n_c == 0
             if empty.any():  # re-seed empty centroids from random points of this batch
-                pick = torch.randint(0, len(xb), (int(empty.sum()),), generator=g).to(x.device)
-                fresh = xb[pick]
-                dist.broadcast(fresh)
-                centroids[empty] = fresh
+                pick = torch.randint(0, batch, (int(empty.sum()),), generator=g).to(dev)
+                centroids[empty] = lay.rows(gidx[pick] if gidx is not None else pick)
                 counts[empty] = 0
     return centroids

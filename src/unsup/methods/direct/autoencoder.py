@@ -7,6 +7,13 @@ of pixels set to 0, or additive Gaussian noise) and reconstruct the *clean*
 input, with cross-entropy for inputs in [0, 1] as in the paper. Here the
 encoder is the shared convolutional backbone and the decoder mirrors it with
 transposed convolutions from the feature vector.
+
+One implementation, three methods: ``autoencoder`` (no corruption, the
+paper's baseline), ``denoising-autoencoder`` (masking noise) and
+``sparse-autoencoder`` (no corruption; a sigmoid code layer whose mean
+activations rho_hat_j are pulled towards a small target rho by the penalty
+beta * sum_j KL(rho || rho_hat_j), the sparse autoencoder the paper compares
+with; the encoder's output is that code).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ class AutoencoderConfig(MethodConfig):
     corruption: str = "none"  # none | mask | gaussian
     noise_level: float = 0.0  # masking fraction, or Gaussian std
     decoder_width: int = 64
+    sparsity_target: float = 0.0  # rho of the KL sparsity penalty; 0 = no sparse code layer
+    sparsity_weight: float = 0.0  # beta
+    code_dim: int = 256  # width of the sparse code layer
 
 
 def corrupt(x: torch.Tensor, kind: str, level: float) -> torch.Tensor:
@@ -62,8 +72,29 @@ class ConvDecoder(nn.Module):
         return x
 
 
+class SigmoidCodeEncoder(nn.Module):
+    """Backbone features -> a sigmoid code layer: the hidden units a KL
+    sparsity penalty needs (activations in (0, 1))."""
+
+    def __init__(self, backbone: nn.Module, code_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.code = nn.Linear(backbone.out_dim, code_dim)
+        self.out_dim = code_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.code(self.backbone(x)))
+
+
+def kl_sparsity(code: torch.Tensor, rho: float) -> torch.Tensor:
+    """sum_j KL(rho || rho_hat_j), rho_hat_j the batch-mean activation of unit j."""
+    rho_hat = code.float().mean(0).clamp(1e-6, 1 - 1e-6)
+    return (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+
+
 class AutoencoderBase(Method):
-    """Encode, decode, cross-entropy against the clean input; subclasses pick the corruption."""
+    """Encode, decode, cross-entropy against the clean input; subclasses pick
+    the corruption and the sparsity penalty."""
 
     family = "direct mapping"
     Config = AutoencoderConfig
@@ -71,6 +102,8 @@ class AutoencoderBase(Method):
     def __init__(self, cfg: AutoencoderConfig, shape):
         super().__init__(cfg, shape)
         self.encoder = self.make_encoder()
+        if cfg.sparsity_target > 0:
+            self.encoder = SigmoidCodeEncoder(self.encoder, cfg.code_dim)
         self.decoder = ConvDecoder(self.encoder.out_dim, shape[0], shape[1], cfg.decoder_width)
 
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,9 +113,14 @@ class AutoencoderBase(Method):
 
     def training_loss(self, images):
         x = to_float(images)
-        logits, _code = self.reconstruct(x)
+        logits, code = self.reconstruct(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").sum((1, 2, 3)).mean()
-        return loss, {"mse": float(F.mse_loss(torch.sigmoid(logits.detach().float()), x))}
+        logs = {"mse": float(F.mse_loss(torch.sigmoid(logits.detach().float()), x))}
+        if self.cfg.sparsity_target > 0:
+            kl = kl_sparsity(code, self.cfg.sparsity_target)
+            loss = loss + self.cfg.sparsity_weight * kl
+            logs.update(kl=float(kl.detach()), mean_activation=float(code.detach().float().mean()))
+        return loss, logs
 
     @torch.no_grad()
     def figures(self, data, out_dir: Path) -> list[Path]:
@@ -110,3 +148,24 @@ class DenoisingAutoencoder(AutoencoderBase):
     name = "denoising-autoencoder"
     paper = "Vincent et al. 2010, Stacked Denoising Autoencoders"
     Config = DenoisingConfig
+
+
+@register
+class Autoencoder(AutoencoderBase):
+    name = "autoencoder"
+    paper = "Vincent et al. 2010 (the basic autoencoder they compare against)"
+    Config = AutoencoderConfig
+
+
+@dataclass
+class SparseAutoencoderConfig(AutoencoderConfig):
+    sparsity_target: float = 0.05  # rho: each hidden unit active about 5% of the time
+    sparsity_weight: float = 1.0  # beta, against a reconstruction loss summed over pixels
+    code_dim: int = 256
+
+
+@register
+class SparseAutoencoder(AutoencoderBase):
+    name = "sparse-autoencoder"
+    paper = "Vincent et al. 2010 (the sparse autoencoder with a KL sparsity penalty they compare against)"
+    Config = SparseAutoencoderConfig

@@ -1,0 +1,196 @@
+"""Generative family benchmark on Fashion-MNIST (the floors of issue 4).
+
+    .venv/bin/python benchmarks/generative.py                       # everything
+    .venv/bin/python benchmarks/generative.py --methods dcgan,bigan # a part
+    .venv/bin/python benchmarks/generative.py --report-only         # rewrite the table
+
+Each method's results go to <out>/<method>.json as soon as they exist, and
+the table in benchmarks/results/generative.md is rewritten from all of them,
+so parts can run in separate processes.
+
+- dcgan, infogan, bigan, text-to-image-gan: pretrain with an images-seen
+  budget, probe the encoder (10 and 100 labels per class, 3 seeds, linear
+  and k-NN, with the random-encoder reference), the Fréchet classifier
+  distance (FCD, own classifier) of 5,000 samples against the test split;
+  the InfoGAN categorical-code accuracy (Hungarian), the GAN-CLS share of
+  samples classified as the class named.
+- improved-gan: semi-supervised, trained once per (labels per class, seed)
+  in {10, 100} x {0, 1, 2}; its discriminator's test error, against the
+  supervised reference (same backbone protocol of unsup.evaluate.supervised,
+  same labels, same budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import unsup
+from unsup.data import load
+from unsup.evaluate.generative import FCD_NAME, generator_report, load_trained_method, reference_classifier
+from unsup.evaluate.supervised import supervised_accuracy
+
+UNSUP = ["dcgan", "infogan", "bigan", "text-to-image-gan"]
+RESULTS = Path(__file__).resolve().parent / "results" / "generative.md"
+
+
+def _mean_std(xs):
+    return statistics.fmean(xs), (statistics.pstdev(xs) if len(xs) > 1 else 0.0)
+
+
+def run_unsup(name, budget, out, train, test):
+    t0 = time.perf_counter()
+    run = unsup.pretrain(name, data="fashion-mnist", budget=budget, out=out / "runs" / name, quiet=True, overwrite=True,
+                         monitor=False, seed=0)
+    seconds = time.perf_counter() - t0
+    probe = unsup.probe_run(run, budgets=(10, 100), seeds=3, supervised=False)
+    method = load_trained_method(run)
+    gen = generator_report(method, train, test)
+    res = {"method": name, "budget": budget, "pretrain_seconds": round(seconds, 1), "probe": probe["results"],
+           "random_encoder": probe["references"]["random_encoder"], "raw_pixels": probe["references"]["raw_pixels"],
+           "generator": gen, "figures": probe["figures"], "run": str(run)}
+    if name == "infogan":
+        res["code_accuracy"] = method.code_accuracy(test.images, test.labels)
+    metrics = unsup.run.RunDir(run).metrics()
+    d = [r["d_loss"] for r in metrics if "d_loss" in r]
+    res["d_loss_first_last"] = [d[0], d[-1]] if d else None
+    return res
+
+
+def run_improved(budget, out, train, test, seeds=3):
+    rows = []
+    for n in (10, 100):
+        for s in range(seeds):
+            t0 = time.perf_counter()
+            run = unsup.pretrain("improved-gan", data="fashion-mnist", budget=budget, out=out / "runs" / f"improved-gan-{n}-s{s}",
+                                 quiet=True, overwrite=True, monitor=False, seed=s, options={"labels_per_class": n, "seed": s},
+                                 figures=(n == 100 and s == 0))
+            m = load_trained_method(run)
+            rows.append({"labels_per_class": n, "seed": s, "test_error": m.test_error(test),
+                         "pretrain_seconds": round(time.perf_counter() - t0, 1)})
+            print(f"improved-gan {n}/class seed {s}: error {rows[-1]['test_error']:.4f}", flush=True)
+    sup = []  # the floor compares at 100 labels per class; 10/class supervised runs are left out for time
+    for n in (100,):
+        for s in range(seeds):
+            acc = supervised_accuracy(train, test, n, s, budget)
+            sup.append({"labels_per_class": n, "seed": s, "test_error": 1 - acc})
+            print(f"supervised {n}/class seed {s}: error {1 - acc:.4f}", flush=True)
+    return {"method": "improved-gan", "budget": budget, "rows": rows, "supervised": sup}
+
+
+def _acc(rows, n, clf):
+    r = next(r for r in rows if r["labels_per_class"] == n and r["classifier"] == clf)
+    return r["accuracy_mean"], r["accuracy_std"]
+
+
+def write_table(out: Path, command: str):
+    res = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.stem != "classifier"}
+    clf = json.loads((out / "classifier.json").read_text()) if (out / "classifier.json").exists() else {}
+    lines = ["# Generative models on Fashion-MNIST", "",
+             f"Command: `{command}`  ", (f"Date: {datetime.date.today()}; machine: {platform.machine()} 2-core CPU (shared, so "
+             "times are indicative only); one process, torch threads default.  "),
+             ("Probe: frozen encoder, 10 and 100 labels per class, 3 seeds, linear probe and k-NN (the protocol of "
+             "`unsup.evaluate`); reference: the same encoder with random weights on the same splits."), ""]
+    if clf:
+        lines += [(f"Sample quality: **{FCD_NAME}**: the Fréchet distance between Gaussians fitted to the penultimate "
+                  f"features of a small classifier trained by the project on the training split (test accuracy "
+                  f"{clf['classifier_test_accuracy']:.3f}); 5,000 samples vs 5,000 test images. Not FID; "
+                  f"the real-vs-real reference (5,000 training vs test images) is {clf['fcd_real_train_vs_test']:.2f}."), ""]
+    lines += ["## Encoders (unsupervised pretraining)", "",
+              ("| method | budget (images seen) | pretrain s | linear 10/class | random enc. | linear 100/class | random enc. "
+              "| k-NN 10/class | random enc. | k-NN 100/class | random enc. | FCD | beats random at 10 and 100 |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in UNSUP:
+        if name not in res:
+            continue
+        r = res[name]
+        cells, beats = [], True
+        for clf_name in ("linear", "knn"):
+            for n in (10, 100):
+                (m, s), (rm, rs) = _acc(r["probe"], n, clf_name), _acc(r["random_encoder"], n, clf_name)
+                cells += [f"{m:.3f} ± {s:.3f}", f"{rm:.3f} ± {rs:.3f}"]
+                if clf_name == "linear":
+                    beats &= m > rm
+        lines.append(f"| {name} | {r['budget']} | {r['pretrain_seconds']:.0f} | " + " | ".join(cells)
+                     + f" | {r['generator']['fcd']:.2f} | {'yes' if beats else 'NO'} |")
+    lines.append("")
+    if "infogan" in res:
+        acc = res["infogan"]["code_accuracy"]
+        lines += ["## InfoGAN categorical code", "",
+                  (f"Unsupervised accuracy of the 10-way code on the 10,000 test images after Hungarian matching: "
+                  f"**{acc:.3f}** (floor 0.50, chance 0.10): {'met' if acc >= 0.5 else 'MISSED'}."), ""]
+    if "text-to-image-gan" in res:
+        g = res["text-to-image-gan"]["generator"]
+        lines += ["## Text-to-image GAN (GAN-CLS)", "",
+                  (f"{g['n_descriptions']} descriptions ('a small dark ankle boot', ...), {g['samples_per_description']} samples each: "
+                  f"share classified by the reference classifier as the class named **{g['named_class_accuracy']:.3f}** "
+                  f"(floor 0.70: {'met' if g['named_class_accuracy'] >= 0.7 else 'MISSED'}); the size word holds for "
+                  f"{g['size_word_holds']:.3f} and the brightness word for {g['brightness_word_holds']:.3f} of the samples "
+                  "(0.5 = chance; attributes measured against the class medians of real images)."), ""]
+    if "improved-gan" in res:
+        r = res["improved-gan"]
+        lines += ["## Improved GAN (semi-supervised: uses the labels below)", "",
+                  (f"Budget {r['budget']} images seen per run; test error of the discriminator's K-class output on the 10,000 "
+                  "test images; the supervised reference trains the small-convnet backbone on the same labelled images "
+                  "with the same budget (`unsup.evaluate.supervised.supervised_accuracy`)."), "",
+                  "| labels per class | improved-gan test error (3 seeds) | supervised reference error | floor |", "|---|---|---|---|"]
+        for n in (10, 100):
+            e = [x["test_error"] for x in r["rows"] if x["labels_per_class"] == n]
+            se = [x["test_error"] for x in r["supervised"] if x["labels_per_class"] == n]
+            if not e:
+                continue
+            (m, s), (sm, ss) = _mean_std(e), _mean_std(se) if se else (float("nan"), 0)
+            floor = ("met" if m < sm else "MISSED") if n == 100 else "-"
+            lines.append(f"| {n} | {m:.4f} ± {s:.4f} ({', '.join(f'{x:.4f}' for x in e)}) | {sm:.4f} ± {ss:.4f} | {floor} |")
+        lines.append("")
+    if any(n in res for n in UNSUP):
+        lines += ["## Sample quality and training", "", "| method | FCD (own classifier) | D loss first -> last logged |", "|---|---|---|"]
+        for name in UNSUP:
+            if name in res:
+                d = res[name].get("d_loss_first_last") or [float("nan")] * 2
+                lines.append(f"| {name} | {res[name]['generator']['fcd']:.2f} | {d[0]:.3f} -> {d[1]:.3f} |")
+        lines.append("")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n" + (RESULTS.with_suffix(".notes").read_text() if RESULTS.with_suffix(".notes").exists() else ""))
+    print(RESULTS.read_text())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default=",".join([*UNSUP, "improved-gan"]))
+    ap.add_argument("--budget", default="60k")
+    ap.add_argument("--out", default="bench-out/generative")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = ".venv/bin/python benchmarks/generative.py" + (f" --budget {args.budget}" if args.budget != "60k" else "")
+    if not args.report_only:
+        train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
+        if set(args.methods.split(",")) & set(UNSUP) and not (out / "classifier.json").exists():
+            clf = reference_classifier(train)
+            from unsup.evaluate.generative import classify, fcd
+
+            g = torch.Generator().manual_seed(0)
+            held = train.images[torch.randperm(len(train), generator=g)[:5000]]
+            (out / "classifier.json").write_text(json.dumps({
+                "classifier_test_accuracy": float((classify(clf, test.images) == test.labels).float().mean()),
+                "fcd_real_train_vs_test": fcd(clf, held, test.images[:5000])}))
+        for name in args.methods.split(","):
+            print(f"== {name}", flush=True)
+            res = run_improved(args.budget, out, train, test) if name == "improved-gan" else run_unsup(name, args.budget, out, train, test)
+            (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+            write_table(out, command)
+    write_table(out, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

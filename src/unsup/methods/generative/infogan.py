@@ -1,0 +1,167 @@
+"""InfoGAN: Chen, Duan, Houthooft, Schulman, Sutskever & Abbeel, "InfoGAN:
+Interpretable Representation Learning by Information Maximizing Generative
+Adversarial Nets", NeurIPS 2016.
+
+The generator's input is noise z plus a structured code c: a 10-way
+categorical code and continuous codes uniform in [-1, 1] (the paper's MNIST
+setting). A head Q on the discriminator's last layer predicts c from an
+image; maximising the variational lower bound of the mutual information
+I(c; G(z, c)) adds lambda * (cross-entropy of the categorical code + a
+fixed-variance Gaussian log-likelihood of the continuous codes) to both the
+generator's and the D/Q loss. The categorical code, read back by Q on real
+test images, is an unsupervised classifier (scored after Hungarian matching).
+Scaled: DCGAN nets of ``gan_nets`` (28x28), z of 62 as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...registry import register
+from .gan_nets import (
+    Discriminator,
+    GanConfig,
+    GanMethod,
+    Generator,
+    PooledFeatures,
+    d_loss_bce,
+    from_tanh,
+    g_loss_nonsaturating,
+    real_bn_stats,
+    to_tanh,
+)
+
+
+@dataclass
+class InfoGanConfig(GanConfig):
+    z_dim: int = 62
+    g_lr: float = 1e-3  # the paper's MNIST code: 2e-4 for D/Q, 1e-3 for G
+    categories: int = 10
+    continuous: int = 2
+    info_weight: float = 1.0  # lambda for the categorical code (the paper: 1)
+    continuous_weight: float = 0.1  # extra weight on the continuous codes' log-likelihood
+    q_hidden: int = 128
+
+
+def hungarian_accuracy(pred: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> float:
+    """Accuracy after the best one-to-one matching of predicted codes to classes."""
+    from scipy.optimize import linear_sum_assignment
+
+    pred, labels = pred.cpu().long(), labels.cpu().long()
+    k = k or int(max(pred.max(), labels.max())) + 1
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_((pred, labels), torch.ones_like(pred), accumulate=True)
+    rows, cols = linear_sum_assignment(-confusion.numpy())
+    return float(confusion[rows, cols].sum()) / len(pred)
+
+
+@register
+class InfoGAN(GanMethod):
+    name = "infogan"
+    paper = "Chen et al. 2016, InfoGAN: Interpretable Representation Learning by Information Maximizing GANs"
+    Config = InfoGanConfig
+
+    def __init__(self, cfg: InfoGanConfig, shape):
+        super().__init__(cfg, shape)
+        c, s, _ = self.shape
+        self.gen = Generator(self.latent_dim(), c, s, cfg.g_width)
+        self.disc = Discriminator(c, s, cfg.d_width)
+        # no batch norm in Q: it only ever sees generated batches, its running statistics would not fit real images
+        self.q = nn.Sequential(nn.Linear(self.disc.head.in_features, cfg.q_hidden), nn.LeakyReLU(0.2, True), nn.Linear(cfg.q_hidden, cfg.categories + cfg.continuous))
+        self.encoder = PooledFeatures(self.disc.trunk, c, s)
+
+    def latent_dim(self) -> int:
+        return self.cfg.z_dim + self.cfg.categories + self.cfg.continuous
+
+    def make_latent(self, z: torch.Tensor, cat: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z, F.one_hot(cat, self.cfg.categories).to(z.dtype), cont], 1)
+
+    def sample_latent(self, n, device, generator=None):
+        cfg = self.cfg
+        z = torch.randn(n, cfg.z_dim, generator=generator)
+        cat = torch.randint(cfg.categories, (n,), generator=generator)
+        cont = torch.rand(n, cfg.continuous, generator=generator) * 2 - 1
+        return self.make_latent(z, cat, cont).to(device)
+
+    def split_latent(self, latent):
+        cfg = self.cfg
+        return latent[:, cfg.z_dim : cfg.z_dim + cfg.categories].argmax(1), latent[:, cfg.z_dim + cfg.categories :]
+
+    def info_loss(self, last_feats, latent) -> tuple[torch.Tensor, float]:
+        cfg = self.cfg
+        out = self.q(last_feats.flatten(1)).float()
+        cat, cont = self.split_latent(latent)
+        ce = F.cross_entropy(out[:, : cfg.categories], cat)
+        mse = F.mse_loss(out[:, cfg.categories :], cont.float())  # Gaussian NLL with a fixed variance
+        acc = float((out[:, : cfg.categories].argmax(1) == cat).float().mean())
+        return cfg.info_weight * (ce + cfg.continuous_weight * mse), acc
+
+    def d_parameters(self):
+        return list(self.disc.parameters()) + list(self.q.parameters())
+
+    def g_parameters(self):
+        return list(self.gen.parameters())
+
+    def d_step_loss(self, real, extra):
+        self._latent = self.sample_latent(len(real), real.device)
+        self._fake = self.gen(self._latent)
+        real_logit, _ = self.disc(real)
+        with real_bn_stats(self):
+            fake_logit, feats = self.disc(self._fake.detach())
+            info, acc = self.info_loss(feats[-1], self._latent)
+        return d_loss_bce(real_logit, fake_logit) + info, {"q_code_acc": acc}
+
+    def g_step_loss(self, real, extra):
+        with real_bn_stats(self):
+            fake_logit, feats = self.disc(self._fake)
+            info, _ = self.info_loss(feats[-1], self._latent)
+        return g_loss_nonsaturating(fake_logit) + info, {"info_loss": float(info.detach())}
+
+    @torch.no_grad()
+    def predict_code(self, images01: torch.Tensor) -> torch.Tensor:
+        """Q's categorical code for real images in [0, 1]."""
+        feats = self.disc.trunk(to_tanh(images01))
+        return self.q(feats[-1].flatten(1))[:, : self.cfg.categories].argmax(1)
+
+    def code_accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Unsupervised accuracy of the categorical code (Hungarian matching)."""
+        was = self.training
+        self.eval()
+        dev = next(self.parameters()).device
+        pred = torch.cat([self.predict_code(images[i : i + 1000].to(dev).float() / 255).cpu()
+                          for i in range(0, len(images), 1000)])
+        self.train(was)
+        return hungarian_accuracy(pred, labels, max(self.cfg.categories, int(labels.max()) + 1))
+
+    @torch.no_grad()
+    def code_grid(self, code: int = 0, steps: int = 10, seed: int = 3) -> torch.Tensor:
+        """Rows = categorical value, columns = continuous code ``code`` from -2 to 2 (one z per row)."""
+        cfg = self.cfg
+        dev = next(self.parameters()).device
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(1, cfg.z_dim, generator=g).repeat(cfg.categories * steps, 1)
+        cat = torch.arange(cfg.categories).repeat_interleave(steps)
+        cont = torch.zeros(cfg.categories * steps, cfg.continuous)
+        cont[:, code] = torch.linspace(-2, 2, steps).repeat(cfg.categories)
+        return from_tanh(self.gen(self.make_latent(z, cat, cont).to(dev)))
+
+    @torch.no_grad()
+    def figures(self, data, out_dir: Path) -> list[Path]:
+        from ...report.figures import save_image_grid
+
+        paths = self.base_figures(out_dir, "InfoGAN")
+        was = self.training
+        self.eval()
+        for j in range(self.cfg.continuous):
+            paths.append(save_image_grid(self.code_grid(j).cpu(), Path(out_dir) / f"codes_c{j + 1}.png", nrow=10,
+                                         title=f"InfoGAN: rows = categorical code, columns = continuous code {j + 1} from -2 to 2"))
+        self.train(was)
+        return paths
+
+    def conditional_report(self, clf, train, device) -> dict:
+        return {}

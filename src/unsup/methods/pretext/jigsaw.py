@@ -1,0 +1,127 @@
+"""Jigsaw puzzles: Noroozi & Favaro, "Unsupervised Learning of Visual
+Representations by Solving Jigsaw Puzzles", ECCV 2016.
+
+An image is cut into a 3x3 grid of tiles, the tiles are shuffled by one of a
+fixed set of permutations, each tile goes through the shared-weight tile
+encoder (the context-free network), the 9 feature vectors are concatenated in
+shuffled order and an MLP classifies the permutation index. The choices that
+matter: the permutation set is chosen greedily for maximal Hamming distance
+(the paper's Algorithm 1; 100 permutations by default), and the guards
+against shortcuts: a random gap between tiles and a random jitter of each tile
+inside its cell (no edge continuation), and per-tile mean/std normalisation
+(no brightness matching).
+
+Geometry, as fractions so any image size gets the paper's proportions: the
+paper crops 225x225 of a 256x256 image (crop_frac 0.88), cells of 75 pixels and
+tiles of 64 pixels inside them (tile_frac 64/75). A 28x28 Fashion-MNIST image
+is cropped, then resized to 48x48 (``size``; 0 = auto: max(48, native), so
+STL-10 keeps 96): cells of 16 and tiles of 14 pixels. The tile encoder is the
+shared backbone with global pooling, so at probe time it takes whole images.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from ...data.augment import to_float
+from ...errors import UnsupError
+from ...registry import register
+from .patches import crop_resize, gather_patches, normalise_patches, require_fit, working_size
+from .task import PretextTask, mlp_head
+
+
+@lru_cache(maxsize=1)
+def _all_permutations() -> torch.Tensor:
+    return torch.tensor(list(itertools.permutations(range(9))), dtype=torch.int8)
+
+
+def hamming_permutations(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` permutations of 9 tiles chosen greedily (Noroozi & Favaro,
+    Algorithm 1): start from a random one, then repeatedly add the candidate
+    whose summed Hamming distance to the chosen ones is largest."""
+    allp = _all_permutations()
+    if not 1 <= n <= len(allp):
+        raise UnsupError(f"permutations={n}: choose between 1 and {len(allp)}")
+    g = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(len(allp), (1,), generator=g))
+    chosen = [first]
+    total = torch.zeros(len(allp), dtype=torch.int64)  # 1^T D: summed distance to the chosen set
+    taken = torch.zeros(len(allp), dtype=torch.bool)
+    taken[first] = True
+    for _ in range(n - 1):
+        total += (allp != allp[chosen[-1]]).sum(1)
+        score = total.masked_fill(taken, -1)
+        j = int(score.argmax())
+        chosen.append(j)
+        taken[j] = True
+    return allp[chosen].long()
+
+
+@dataclass
+class JigsawConfig(PretextTask.Config):
+    size: int = 0  # working image side before tiling; 0 = auto (max(48, native))
+    crop_frac: float = 225 / 256  # the paper's random crop of the resized image
+    tile_frac: float = 64 / 75  # tile side / cell side; 1.0 = no gap, no jitter (the ablation)
+    permutations: int = 100
+    normalise_tiles: bool = True
+    hidden: int = 512  # fc7, scaled from 4096
+    lr: float = 2e-3
+    batch_size: int = 128
+
+
+@register
+class Jigsaw(PretextTask):
+    name = "jigsaw"
+    paper = "Noroozi & Favaro 2016, Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles"
+    Config = JigsawConfig
+
+    def __init__(self, cfg: JigsawConfig, shape):
+        super().__init__(cfg, shape)
+        c, h, _ = self.shape
+        self.size = working_size(cfg.size, h)
+        self.cell = self.size // 3
+        self.tile = max(1, round(cfg.tile_frac * self.cell))
+        if not 0 < cfg.tile_frac <= 1:
+            raise UnsupError(f"jigsaw: tile_frac={cfg.tile_frac} must be in (0, 1] (tile side / cell side)")
+        require_fit("jigsaw", 3 * self.cell, self.size, "a 3x3 grid of cells", "raise size")
+        require_fit("jigsaw", 8, self.tile, f"the tile encoder ({self.tile}-pixel tiles from {self.cell}-pixel cells, size {self.size})",
+                    "raise size or tile_frac")
+        self.classes = cfg.permutations
+        self.register_buffer("perms", hamming_permutations(cfg.permutations), persistent=False)
+        self.encoder = self.make_encoder()
+        self.head = mlp_head(9 * self.encoder.out_dim, cfg.hidden, cfg.permutations)
+
+    def tiles(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 9, C, t, t) tiles in reading order, each at a random offset inside its cell."""
+        x = crop_resize(to_float(images), self.size, self.cfg.crop_frac)
+        b, dev = len(x), x.device
+        grid = torch.arange(3, device=dev) * self.cell
+        top = grid.repeat_interleave(3).expand(b, 9)
+        left = grid.repeat(3).expand(b, 9)
+        slack = self.cell - self.tile
+        if slack > 0:  # jitter: each tile anywhere inside its cell, hence random gaps between tiles
+            top = top + torch.randint(0, slack + 1, (b, 9), device=dev)
+            left = left + torch.randint(0, slack + 1, (b, 9), device=dev)
+        t = gather_patches(x, top, left, self.tile)
+        return normalise_patches(t) if self.cfg.normalise_tiles else t
+
+    def make_task(self, images):
+        t = self.tiles(images)
+        b = len(t)
+        target = torch.randint(0, self.classes, (b,), device=t.device)
+        order = self.perms[target]  # position i shows tile order[i]
+        shuffled = t[torch.arange(b, device=t.device)[:, None], order]
+        return shuffled, target
+
+    def logits(self, inputs):
+        b = inputs.shape[0]
+        f = self.encoder(inputs.flatten(0, 1))
+        return self.head(f.reshape(b, -1))
+
+    def task_picture(self, images):
+        shuffled, _ = self.make_task(images[:8])
+        return shuffled.flatten(0, 1)

@@ -1,0 +1,103 @@
+"""Batched patch geometry shared by the patch-based pretext tasks.
+
+Everything works on a whole batch at once: a random crop-and-resize is one
+``affine_grid`` + ``grid_sample``; patches at per-sample, per-patch positions
+are read with one advanced-indexing gather; no Python loop over samples.
+
+The papers' geometry is given as fractions of the (resized) image side, so the
+same proportions apply to a 28x28 image resized to 48 and to a 96x96 STL-10
+image; ``working_size`` says which side the images are resized to.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import UnsupError
+
+AUTO_SIZE = 48  # 28x28 images are resized to this side before patches are cut
+
+
+def working_size(size: int, image_size: int) -> int:
+    """The side images are resized to: ``size``, or 0 = auto (max(48, native))."""
+    if size < 0:
+        raise UnsupError(f"size={size}: the working image side must be >= 0 (0 = auto)")
+    return size or max(AUTO_SIZE, image_size)
+
+
+def require_fit(method: str, need: int, size: int, what: str, fix: str) -> None:
+    """Refuse a geometry that does not fit, naming the sizes."""
+    if need > size:
+        raise UnsupError(f"{method}: {what} needs {need}x{need} pixels but the working image is {size}x{size}; {fix}")
+
+
+def crop_resize(x: torch.Tensor, size: int, crop_frac: float = 1.0) -> torch.Tensor:
+    """Per-sample random square crop of side ``crop_frac`` of the image,
+    resized to ``size`` x ``size`` (bilinear); float in, float out."""
+    b = x.shape[0]
+    dev = x.device
+    s = float(crop_frac)
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0] = s
+    theta[:, 1, 1] = s
+    theta[:, :, 2] = (torch.rand(b, 2, device=dev, dtype=x.dtype) * 2 - 1) * (1 - s)
+    grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def gather_patches(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+    """Patches of side ``size`` with top-left corners ``(top, left)``, both
+    ``(B, K)`` integer tensors: ``(B, C, H, W)`` -> ``(B, K, C, size, size)``."""
+    b, k = top.shape
+    ar = torch.arange(size, device=x.device)
+    rows = (top[..., None] + ar)[:, :, :, None]  # (B, K, s, 1)
+    cols = (left[..., None] + ar)[:, :, None, :]  # (B, K, 1, s)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    out = x.permute(0, 2, 3, 1)[bi, rows, cols]  # (B, K, s, s, C)
+    return out.permute(0, 1, 4, 2, 3)
+
+
+def normalise_patches(p: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+    """Per-patch mean and std normalisation (against low-level cues such as
+    brightness shared by neighbouring patches), mapped back to mean 0.5 and
+    std 0.25 so that the encoder's own (x - 0.5) / 0.25 makes it zero-mean,
+    unit-std."""
+    dims = tuple(range(p.ndim - 3, p.ndim))
+    mu = p.mean(dims, keepdim=True)
+    sd = p.std(dims, keepdim=True)
+    return (p - mu) / (sd + eps) * 0.25 + 0.5
+
+
+# the 8 neighbours of the centre cell of a 3x3 grid, in reading order (row, col)
+NEIGHBOURS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
+
+
+class PairGeometry:
+    """Doersch et al.'s layout: a centre patch and one of its 8 neighbours,
+    patch side ``p``, a gap between them and a random jitter of each patch,
+    all as fractions of the patch side; the whole 3x3 layout is placed at a
+    random position inside the working image."""
+
+    def __init__(self, method: str, size: int, patch_frac: float, gap_frac: float, jitter_frac: float):
+        self.size = size
+        self.patch = max(1, round(patch_frac * size))
+        self.gap = round(gap_frac * self.patch)
+        self.jitter = round(jitter_frac * self.patch)
+        self.step = self.patch + self.gap  # centre-to-centre distance of neighbouring cells
+        self.span = 3 * self.patch + 2 * self.gap + 2 * self.jitter
+        require_fit(method, self.span, size, f"a 3x3 layout of {self.patch}-pixel patches with gap {self.gap} and jitter {self.jitter}",
+                    "lower patch_frac / gap_frac / jitter_frac or raise size")
+
+    def sample(self, b: int, device, which: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-left corners ``(B, 2)`` of the centre and the neighbour patch,
+        and which neighbour (0..7) each sample got."""
+        if which is None:
+            which = torch.randint(0, 8, (b,), device=device)
+        slack = self.size - self.span
+        origin = torch.randint(0, slack + 1, (b, 2), device=device) + self.jitter  # top-left cell of the layout
+        centre = origin + self.step
+        j = self.jitter
+        jit = torch.randint(-j, j + 1, (2, b, 2), device=device) if j > 0 else torch.zeros(2, b, 2, dtype=torch.long, device=device)
+        nb = centre + NEIGHBOURS.to(device)[which] * self.step
+        return centre + jit[0], nb + jit[1], which

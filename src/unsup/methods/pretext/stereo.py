@@ -1,0 +1,159 @@
+"""Stereo view synthesis: Xie, Girshick & Farhadi, "Deep3D: Fully Automatic
+2D-to-3D Video Conversion with Deep Convolutional Neural Networks", ECCV 2016.
+
+From the left view alone, the network predicts at every pixel a softmax over
+disparity levels; the selection layer forms the right view as the
+probability-weighted sum of copies of the left view shifted by each level, and
+the loss is the L1 error to the true right view. The choices that matter: the
+disparity is never supervised (it emerges from reconstruction), and the
+prediction is made at several scales of the encoder (the paper's branches
+after each pooling stage, upsampled and summed before the softmax), so coarse
+semantic features decide depth and fine ones place the edges.
+
+Data: scenes rendered on the device from the training set's objects over
+slanted textured backgrounds (``unsup.data.stereo.render_stereo``), so
+``unsup pretrain stereo --data fashion-mnist`` trains on Fashion-MNIST clothes
+at random depths. Geometry: the paper's 33 levels for 384x160 frames; here 16
+levels (0..15 pixels) for 48x48 scenes (``scene_size``, ``levels``), the
+motorcycle test pair downscaled 4x (185x125 pixels, true disparities 2 to 15).
+The left-view encoder is the shared backbone; its global-pooled features are
+what the probe sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.stereo import check_pair, motorcycle_pair, render_stereo, right_grid_disparity, texture_bank
+from ...errors import UnsupError
+from ...nets import SmallConvNet
+from ...registry import register
+from ..base import Method, MethodConfig
+
+TAPS = (1, 4, 7)  # SmallConvNet.features: after each stage's second conv (strides 1, 2, 4)
+
+
+def shifted_stack(left: torch.Tensor, levels: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, levels, C, H, W): copy d reads the left view at x + d
+    (the right border repeated), the selection layer's inputs."""
+    w = left.shape[-1]
+    idx = (torch.arange(w, device=left.device)[None] + torch.arange(levels, device=left.device)[:, None]).clamp(max=w - 1)
+    return left[..., idx].permute(0, 3, 1, 2, 4)  # (B, C, H, L, W) -> (B, L, C, H, W)
+
+
+def select(left: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+    """Deep3D's selection layer: sum_d prob_d * shift(left, d)."""
+    return (shifted_stack(left, prob.shape[1]) * prob.unsqueeze(2)).sum(1)
+
+
+@dataclass
+class StereoConfig(MethodConfig):
+    levels: int = 16  # disparity levels 0..levels-1 pixels
+    scene_size: int = 48
+    objects: int = 2  # dataset objects per scene
+    test_scale: int = 4  # the motorcycle pair is downscaled by this factor
+    lr: float = 2e-3
+    batch_size: int = 64
+
+
+@register
+class Stereo(Method):
+    name = "stereo"
+    family = "pretext"
+    paper = "Xie, Girshick & Farhadi 2016, Deep3D: Fully Automatic 2D-to-3D Video Conversion with Deep CNNs"
+    Config = StereoConfig
+
+    def __init__(self, cfg: StereoConfig, shape):
+        super().__init__(cfg, shape)
+        if cfg.levels < 2:
+            raise UnsupError(f"stereo: levels={cfg.levels}; choose at least 2 disparity levels")
+        if cfg.scene_size < max(8, 2 * cfg.levels):
+            raise UnsupError(f"stereo: scene_size={cfg.scene_size} is too small for {cfg.levels} disparity levels; "
+                             f"choose scene_size >= {max(8, 2 * cfg.levels)}")
+        self.encoder = self.make_encoder()
+        if not isinstance(self.encoder.net, SmallConvNet):
+            raise UnsupError(f"stereo: the dense Deep3D branches need backbone=small-convnet, got {cfg.backbone}")
+        feats = self.encoder.net.features
+        widths = [feats[i][0].out_channels for i in TAPS]
+        # one branch per scale: a 1x1 conv to the disparity levels (upsampled, then summed)
+        self.branches = nn.ModuleList(nn.Conv2d(w, cfg.levels, 1) for w in widths)
+        self.refine = nn.Conv2d(cfg.levels, cfg.levels, 3, padding=1)
+        self.register_buffer("textures", texture_bank(), persistent=False)
+
+    def disparity_probs(self, left: torch.Tensor) -> torch.Tensor:
+        """Float left views (B, C, H, W) -> softmax over levels (B, L, H, W)."""
+        h, w = left.shape[-2:]
+        x = (left - self.encoder.mean) / self.encoder.std
+        score = 0
+        taps = iter(self.branches)
+        for i, layer in enumerate(self.encoder.net.features):
+            x = layer(x)
+            if i in TAPS:
+                s = next(taps)(x)
+                score = score + (s if s.shape[-2:] == (h, w) else F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False))
+        return self.refine(score).float().softmax(1)
+
+    def render(self, images: torch.Tensor):
+        c = self.cfg
+        return render_stereo(images, self.textures, c.scene_size, c.levels, c.objects)
+
+    def training_loss(self, images):
+        left, right, disp = self.render(images)
+        prob = self.disparity_probs(left)
+        loss = (select(left, prob) - right).abs().mean()
+        levels = torch.arange(self.cfg.levels, device=prob.device, dtype=prob.dtype).view(1, -1, 1, 1)
+        hit = ((prob.argmax(1, keepdim=True).to(prob.dtype) - disp).abs() < 1).float().mean()
+        mean_disp = (prob * levels).sum(1, keepdim=True)
+        return loss, {"pretext_acc": float(hit), "disparity_l1": float((mean_disp - disp).abs().mean())}
+
+    @torch.no_grad()
+    def evaluate_pair(self, left: torch.Tensor, right: torch.Tensor, disparity_left: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Right-view L1 error of the prediction vs no shift and vs the best
+        single global shift, and the Spearman rank correlation of the predicted
+        (expected) disparity with the true one on the right view's grid."""
+        check_pair(left, right, disparity_left)
+        was = self.training
+        self.eval()
+        dev = next(self.parameters()).device
+        left, right = left.to(dev), right.to(dev)
+        prob = self.disparity_probs(left)
+        pred = select(left, prob)
+        stack = shifted_stack(left, self.cfg.levels)
+        shift_err = (stack - right.unsqueeze(1)).abs().mean((0, 2, 3, 4))
+        levels = torch.arange(self.cfg.levels, device=dev, dtype=prob.dtype).view(1, -1, 1, 1)
+        exp_disp = (prob * levels).sum(1, keepdim=True)
+        out = {"l1_prediction": float((pred - right).abs().mean()), "l1_no_shift": float(shift_err[0]),
+               "l1_best_global_shift": float(shift_err.min()), "best_global_shift": int(shift_err.argmin())}
+        if disparity_left is not None:
+            from scipy.stats import spearmanr
+
+            truth = right_grid_disparity(disparity_left.cpu())
+            ok = torch.isfinite(truth)
+            out["spearman"] = float(spearmanr(exp_disp.cpu()[ok].numpy(), truth[ok].numpy())[0])
+        self.train(was)
+        return out, pred.cpu(), exp_disp.cpu()
+
+    def motorcycle(self) -> dict:
+        left, right, disp = motorcycle_pair(self.cfg.test_scale)
+        if self.cfg.levels <= float(torch.nan_to_num(disp, nan=0).max()):
+            raise UnsupError(f"stereo: the motorcycle pair at 1/{self.cfg.test_scale} scale has disparities up to "
+                             f"{float(torch.nan_to_num(disp, nan=0).max()):.1f} pixels, more than levels={self.cfg.levels}; "
+                             "raise levels or test_scale")
+        return self.evaluate_pair(left, right, disp)
+
+    def figures(self, data, out_dir: Path) -> list[Path]:
+        from ...report.figures import save_image_grid
+
+        metrics, pred, disp = self.motorcycle()
+        left, right, _ = motorcycle_pair(self.cfg.test_scale)
+        d = disp / (self.cfg.levels - 1)
+        path = Path(out_dir) / "stereo_motorcycle.png"
+        save_image_grid(torch.cat([left, right, pred.clamp(0, 1), d]), path, nrow=2,
+                        title=f"left, right / predicted right (L1 {metrics['l1_prediction']:.3f}; best shift "
+                              f"{metrics['l1_best_global_shift']:.3f}), disparity (rho {metrics.get('spearman', 0):.2f})")
+        return [path]

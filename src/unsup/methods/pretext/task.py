@@ -1,0 +1,67 @@
+"""The shape every classification pretext task shares (after mmselfsup): a
+generator of task inputs and targets from a uint8 batch, on the device, and a
+head over the shared encoder's features. The loss is cross-entropy; the
+pretext accuracy is logged as ``pretext_acc`` so a user sees during
+pretraining whether the task is being solved (and chance is ``1/classes``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..base import Method
+
+
+def mlp_head(in_dim: int, hidden: int, classes: int) -> nn.Sequential:
+    """The papers' fc7/fc8 on concatenated features, scaled down."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, classes))
+
+
+class PretextTask(Method):
+    family = "pretext"
+    classes: int = 2  # set by each task
+
+    def make_task(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 ``(B, C, H, W)`` on the device -> (task inputs, int64 targets)."""
+        raise NotImplementedError
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_loss(self, images):
+        inputs, targets = self.make_task(images)
+        logits = self.logits(inputs)
+        loss = F.cross_entropy(logits.float(), targets)
+        acc = (logits.detach().argmax(1) == targets).float().mean()
+        return loss, {"pretext_acc": float(acc)}
+
+    @torch.no_grad()
+    def pretext_accuracy(self, images: torch.Tensor, batch_size: int = 256) -> float:
+        """Accuracy on fresh tasks generated from ``images`` (e.g. the test split)."""
+        was = self.training
+        self.eval()
+        hits = total = 0
+        for i in range(0, len(images), batch_size):
+            inputs, targets = self.make_task(images[i : i + batch_size])
+            hits += int((self.logits(inputs).argmax(1) == targets).sum())
+            total += len(targets)
+        self.train(was)
+        return hits / max(1, total)
+
+    def task_picture(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Task inputs laid out as images (N, C, h, w) for the figure."""
+        return None
+
+    def figures(self, data, out_dir: Path) -> list[Path]:
+        from ...report.figures import save_image_grid
+
+        with torch.no_grad():
+            pic = self.task_picture(data.images[:8])
+        if pic is None:
+            return []
+        path = Path(out_dir) / "pretext_task.png"
+        save_image_grid(pic.float().clamp(0, 1).cpu(), path, nrow=max(1, len(pic) // 8), scale=3)
+        return [path]

@@ -1,0 +1,236 @@
+"""PredNet: Lotter, Kreiman & Cox, "Deep Predictive Coding Networks for Video
+Prediction and Unsupervised Learning", ICLR 2017 (arXiv 2016).
+
+A stack of modules; module l holds a representation unit R_l (a ConvLSTM), a
+prediction Ahat_l = ReLU(conv(R_l)) (clipped at the pixel maximum for l = 0),
+a target A_l (the frame for l = 0, else MaxPool(ReLU(conv(E_{l-1})))) and
+error units E_l = [ReLU(A_l - Ahat_l), ReLU(Ahat_l - A_l)]. Each time step
+first updates R top-down (R_l from E_l at t-1, R_l at t-1 and the upsampled
+R_{l+1} at t), then runs bottom-up (predictions, errors, targets). Loss: the
+mean of each layer's error units, weighted per layer (the paper's L_0:
+(1, 0, 0, 0); L_all: (1, 0.1, 0.1, 0.1)) and over time (0 for the first frame,
+which has nothing to be predicted from). Multi-step prediction feeds each
+prediction back as the next input, as in the paper's extrapolation.
+
+Online learning (``learn_online``): a stream of frames, the next frame always
+predicted, its error monitored against its recent level, and a learning step
+(truncated back-propagation over the last few frames) taken only while the
+error is high, so a change in the stream switches learning on and a familiar
+stream costs no updates.
+
+Scaled from the paper's KITTI model (4 layers, 3/48/96/192 channels,
+128x160 frames) to 4 layers of 1/16/32/64 channels on 64x64 frames; trained
+on 10-frame windows of the 20-frame sequences, as the paper trained on
+10-frame clips. The probed encoder runs the network on a still frame for two
+steps and pools every layer's representation units (average and max).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.augment import to_float
+from ...errors import UnsupError
+from ...nets import Encoder
+from ...nets.convlstm import ConvLSTMCell
+from ...registry import register
+from .common import VideoConfig, VideoMethod
+
+LAYER_WEIGHTS = {"L0": (1.0, 0.0, 0.0, 0.0), "Lall": (1.0, 0.1, 0.1, 0.1)}
+
+
+@dataclass
+class PredNetConfig(VideoConfig):
+    backbone: str = "prednet"  # the encoder is the network itself
+    stack: tuple = (16, 32, 64)  # A / Ahat channels of layers 1.. (layer 0 = the frame's channels)
+    r_stack: tuple = (8, 16, 32, 64)  # R channels of every layer, layer 0 included
+    kernel: int = 3
+    loss: str = "L0"  # L0 | Lall: the paper's layer weightings
+    train_frames: int = 10  # frames per training window
+    context: int = 10
+    future: int = 10
+    probe_steps: int = 2
+    batch_size: int = 8
+
+
+class PredNetNet(nn.Module):
+    def __init__(self, channels: int, stack, r_stack, kernel: int = 3, pixel_max: float = 1.0):
+        super().__init__()
+        self.a = (channels, *stack)
+        self.r = tuple(r_stack)
+        n = self.layers = len(self.a)
+        self.pixel_max = pixel_max
+        self.cells = nn.ModuleList(
+            ConvLSTMCell(2 * self.a[i] + (self.r[i + 1] if i < n - 1 else 0), self.r[i], kernel) for i in range(n))
+        self.ahat = nn.ModuleList(nn.Conv2d(self.r[i], self.a[i], kernel, padding=kernel // 2) for i in range(n))
+        self.atarget = nn.ModuleList(nn.Conv2d(2 * self.a[i], self.a[i + 1], kernel, padding=kernel // 2) for i in range(n - 1))
+
+    def init_state(self, b: int, h: int, w: int, device, dtype=torch.float32):
+        rs, es = [], []
+        for i in range(self.layers):
+            s = (h >> i, w >> i)
+            z = torch.zeros(b, self.r[i], *s, device=device, dtype=dtype)
+            rs.append((z, z))
+            es.append(torch.zeros(b, 2 * self.a[i], *s, device=device, dtype=dtype))
+        return rs, es
+
+    def step(self, frame: torch.Tensor | None, state):
+        """One time step. ``frame`` (B, C, H, W) in [0, 1], or None to feed the
+        prediction back (extrapolation). Returns (prediction of this frame,
+        error units per layer, new state)."""
+        rs, es = state
+        new_r = [None] * self.layers
+        for i in reversed(range(self.layers)):  # top-down: update the representations
+            inp = [es[i]]
+            if i < self.layers - 1:
+                inp.append(F.interpolate(new_r[i + 1][0], scale_factor=2, mode="nearest"))
+            new_r[i] = self.cells[i](torch.cat(inp, 1), rs[i])
+        errors, target, pred = [], frame, None
+        for i in range(self.layers):  # bottom-up: predictions, errors, next targets
+            ahat = F.relu(self.ahat[i](new_r[i][0]))
+            if i == 0:
+                ahat = ahat.clamp(max=self.pixel_max)  # SatLU on pixels
+                pred = ahat
+                if target is None:
+                    target = ahat
+            e = torch.cat([F.relu(target - ahat), F.relu(ahat - target)], 1)
+            errors.append(e)
+            if i < self.layers - 1:
+                target = F.max_pool2d(F.relu(self.atarget[i](e)), 2)
+        return pred, errors, (new_r, errors)
+
+
+class PredNetFeatures(nn.Module):
+    """The probed encoder: a still frame shown for a few steps; every layer's
+    representation units pooled (average and max)."""
+
+    def __init__(self, net: PredNetNet, steps: int):
+        super().__init__()
+        self.prednet, self.steps = net, steps
+        self.out_dim = 2 * sum(net.r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.prednet.init_state(len(x), x.shape[2], x.shape[3], x.device, x.dtype)
+        for _ in range(self.steps):
+            _pred, _err, state = self.prednet.step(x, state)
+        rs = [h for h, _c in state[0]]
+        return torch.cat([torch.cat([r.mean((2, 3)), r.amax((2, 3))], 1) for r in rs], 1)
+
+
+def prednet_loss(errors_per_t: list[list[torch.Tensor]], layer_weights, first_weight: float = 0.0) -> torch.Tensor:
+    """Weighted mean error units: over layers (paper's lambda_l), over time
+    (lambda_t = 0 for the first frame unless asked, equal otherwise)."""
+    total, wsum = 0.0, 0.0
+    for t, errors in enumerate(errors_per_t):
+        wt = first_weight if t == 0 else 1.0
+        if wt == 0:
+            continue
+        total = total + wt * sum(lw * e.float().mean() for lw, e in zip(layer_weights, errors) if lw)
+        wsum += wt
+    return total / max(wsum, 1e-8)
+
+
+@register
+class PredNet(VideoMethod):
+    name = "prednet"
+    paper = "Lotter, Kreiman & Cox 2016, Deep Predictive Coding Networks for Video Prediction and Unsupervised Learning"
+    Config = PredNetConfig
+
+    def __init__(self, cfg: PredNetConfig, shape):
+        super().__init__(cfg, shape)
+        c, h, _ = shape
+        if len(cfg.stack) + 1 != len(cfg.r_stack):
+            raise UnsupError(f"prednet: r_stack {cfg.r_stack} needs one more entry (layer 0) than stack {cfg.stack}")
+        if cfg.loss not in LAYER_WEIGHTS:
+            raise UnsupError(f"prednet: unknown loss {cfg.loss!r}; choose {' or '.join(LAYER_WEIGHTS)}")
+        if h % (2 ** len(cfg.stack)):
+            raise UnsupError(f"prednet: frames of {h}x{h} must be divisible by {2 ** len(cfg.stack)} for {len(cfg.stack) + 1} layers")
+        self.prednet = PredNetNet(c, cfg.stack, cfg.r_stack, cfg.kernel)
+        w = LAYER_WEIGHTS[cfg.loss]
+        self.layer_weights = (w + (w[-1],) * self.prednet.layers)[: self.prednet.layers]
+        self.encoder = Encoder(PredNetFeatures(self.prednet, cfg.probe_steps), c, h, mean=0.0, std=1.0)
+
+    def run(self, frames: torch.Tensor, state=None):
+        """Frames (B, T, C, H, W) -> (predictions (B, T, C, H, W), errors per t, state)."""
+        b, t, _c, h, w = frames.shape
+        state = state or self.prednet.init_state(b, h, w, frames.device, frames.dtype)
+        preds, errs = [], []
+        for i in range(t):
+            p, e, state = self.prednet.step(frames[:, i], state)
+            preds.append(p)
+            errs.append(e)
+        return torch.stack(preds, 1), errs, state
+
+    def training_loss(self, images):
+        n = self.cfg.train_frames
+        x = self.sequences(images, n)
+        start = int(torch.randint(0, x.shape[1] - n + 1, ()))  # a random window of each batch
+        pred, errs, _ = self.run(x[:, start : start + n])
+        loss = prednet_loss(errs, self.layer_weights)
+        mse = (pred[:, 1:].detach().float() - x[:, start + 1 : start + n]).pow(2).sum((2, 3, 4)).mean()
+        return loss, {"frame_mse": float(mse)}
+
+    @torch.no_grad()
+    def predict(self, context: torch.Tensor, steps: int) -> torch.Tensor:
+        _p, _e, state = self.run(context)
+        out = []
+        for _ in range(steps):
+            p, _e, state = self.prednet.step(None, state)
+            out.append(p)
+        return torch.stack(out, 1)
+
+    def figures(self, data, out_dir: Path) -> list[Path]:
+        return self.prediction_figure(data, out_dir, self.cfg.context, self.cfg.future)
+
+    # --- online learning -------------------------------------------------
+    def learn_online(self, chunks, optimizer, gated: bool = True, threshold: float = 1.25, window: int = 4,
+                     rise: float = 0.005, fall: float = 0.1, warmup: int = 20) -> dict:
+        """Consume a stream: ``chunks`` yields uint8 frames (S, t, C, H, W) of S
+        parallel streams. Each frame is predicted before it is seen; its error
+        (squared error summed over the frame, mean over streams) is compared with
+        the recent level, a low envelope that falls fast and rises slowly. When
+        ``gated``, a learning step is taken only while error > threshold x level
+        (always when not gated): back-propagation through the last ``window``
+        frames from the state before them. Returns per-frame error and updates."""
+        state, frames, states = None, collections.deque(maxlen=window), collections.deque(maxlen=window)
+        errors, learned, levels = [], [], []
+        level = None
+        self.train()
+        for chunk in chunks:
+            x = to_float(chunk)
+            for i in range(x.shape[1]):
+                f = x[:, i]
+                if state is None:
+                    state = self.prednet.init_state(len(f), f.shape[2], f.shape[3], f.device)
+                states.append(state)
+                frames.append(f)
+                with torch.no_grad():
+                    pred, _e, state = self.prednet.step(f, state)
+                err = float((pred - f).pow(2).sum((1, 2, 3)).mean())
+                t = len(errors)
+                if level is None or t < warmup:
+                    level = err if level is None else min(level, err) if t < warmup else level
+                high = err > threshold * level
+                learn = (high or not gated) and t > 0 and len(frames) == window
+                if learn:
+                    s = tuple(([(h.detach(), c.detach()) for h, c in states[0][0]], [e.detach() for e in states[0][1]]))
+                    errs = []
+                    for g in frames:
+                        _p, e, s = self.prednet.step(g, s)
+                        errs.append(e)
+                    loss = prednet_loss(errs, self.layer_weights, first_weight=1.0)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                if t >= warmup:  # the recent level: a low envelope
+                    level += (fall if err < level else rise) * (err - level)
+                errors.append(err)
+                learned.append(bool(learn))
+                levels.append(level)
+        return {"error": errors, "learned": learned, "level": levels}

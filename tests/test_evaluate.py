@@ -1,0 +1,72 @@
+"""The evaluation protocol: k-NN, linear probe with cross-validated L2, the
+row format, and the cached supervised reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unsup.data import load
+from unsup.evaluate import evaluate_features
+from unsup.evaluate.knn import knn_accuracy
+from unsup.evaluate.linear import DEFAULT_L2, L2_GRID, choose_l2, linear_probe_accuracy
+from unsup.evaluate.supervised import _cache_file, supervised_accuracy
+
+
+def blobs(n_per_class: int, classes: int = 4, dim: int = 16, spread: float = 0.3, seed: int = 0):
+    """Gaussian blobs around fixed class centres; ``seed`` draws the points."""
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123)) * 2
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return centres[y] + spread * torch.randn(len(y), dim, generator=g), y
+
+
+def test_knn_on_separable_and_shuffled_labels():
+    x, y = blobs(50)
+    xt, yt = blobs(20, seed=1)
+    assert knn_accuracy(x, y, xt, yt, 4) > 0.95
+    shuffled = y[torch.randperm(len(y))]
+    assert knn_accuracy(x, shuffled, xt, yt, 4) < 0.6
+
+
+def test_linear_probe_separable_and_cv_inside_labelled_set():
+    x, y = blobs(30, spread=0.5)
+    xt, yt = blobs(30, spread=0.5, seed=1)
+    acc, l2 = linear_probe_accuracy(x, y, xt, yt, 4)
+    assert acc > 0.95 and l2 in L2_GRID
+    # one image per class: no fold can hold a class out, so the default is used
+    one = torch.tensor([0, 30, 60, 90])
+    assert choose_l2(x[one], y[one], 4) == DEFAULT_L2
+
+
+def test_cv_prefers_strong_regularisation_for_noisy_high_dim_features():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(2).repeat_interleave(10)
+    x = torch.randn(20, 500, generator=g)
+    x[:, 0] += (y * 2 - 1) * 1.5  # one informative dimension among 500 noisy ones
+    assert choose_l2(x, y, 2) >= 1e-2
+
+
+def test_rows_have_the_protocol_schema():
+    x, y = blobs(120, classes=3)
+    xt, yt = blobs(30, classes=3, seed=1)
+    rows = evaluate_features(x, y, xt, yt, 3, budgets=(1, 10, "all"), seeds=2)
+    assert [(r["labels_per_class"], r["classifier"]) for r in rows] == [
+        (1, "linear"), (1, "knn"), (10, "linear"), (10, "knn"), ("all", "linear"), ("all", "knn")]
+    for r in rows:
+        assert set(r) >= {"labels_per_class", "classifier", "accuracy_mean", "accuracy_std", "seeds"}
+        assert 0 <= r["accuracy_mean"] <= 1 and r["accuracy_std"] >= 0
+        assert r["seeds"] == ([0] if r["labels_per_class"] == "all" else [0, 1])
+    assert rows[-2]["accuracy_mean"] > 0.9
+
+
+def test_supervised_reference_learns_and_is_cached(fm_small):
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    acc = supervised_accuracy(train, test, 10, seed=0, budget="4000", use_cache=True)
+    assert acc > 0.25  # 100 labelled images, far above chance (0.1)
+    cache = _cache_file(train.name, "small-convnet", "4000", 10, 0)
+    assert json.loads(cache.read_text())["accuracy"] == pytest.approx(acc)
+    cache.write_text(json.dumps({"accuracy": 0.123}))
+    assert supervised_accuracy(train, test, 10, seed=0, budget="4000") == pytest.approx(0.123)  # not trained twice

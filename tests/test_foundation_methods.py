@@ -1,0 +1,74 @@
+"""The foundation's three methods learn: k-means beats its random-centroid
+reference, the denoising autoencoder's loss falls and it beats a random
+encoder, SimCLR's loss falls; NT-Xent matches its definition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unsup
+from unsup.data import load
+from unsup.errors import UnsupError
+from unsup.evaluate import probe
+from unsup.methods.clustering.kmeans import KMeans, KMeansConfig
+from unsup.methods.joint.simclr import nt_xent
+
+
+def linear_at(rows, n=10):
+    return next(r["accuracy_mean"] for r in rows if r["labels_per_class"] == n and r["classifier"] == "linear")
+
+
+def test_nt_xent_matches_definition():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 8), torch.randn(6, 8)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / 0.5
+    n = 12
+    expected = 0.0
+    for i in range(n):
+        pos = (i + 6) % n
+        others = [j for j in range(n) if j != i]
+        expected += -(sim[i, pos] - torch.logsumexp(sim[i, others], 0))
+    assert nt_xent(z1, z2, 0.5).item() == pytest.approx(expected.item() / n, rel=1e-5)
+    # identical views are easier than unrelated ones
+    assert nt_xent(z1, z1, 0.5) < nt_xent(z1, z2, 0.5)
+
+
+def test_kmeans_beats_random_centroids(fm_small, tmp_path):
+    opts = {"num_centroids": 64, "num_patches": 20000, "iterations": 5}
+    run = unsup.pretrain("kmeans", data=fm_small, budget="3000", out=tmp_path / "km", options=opts, quiet=True)
+    assert (run / "figures" / "filters.png").is_file()
+    method = unsup.load_method(run)
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    learned = probe(method.encoder, train, test, budgets=(10,), seeds=2)
+    random = probe(method.random_encoder(), train, test, budgets=(10,), seeds=2)
+    assert linear_at(learned) > linear_at(random) + 0.02
+
+
+def test_kmeans_bad_geometry():
+    with pytest.raises(UnsupError, match="patch size 10 is larger than the 8x8"):
+        KMeans(KMeansConfig(patch_size=10), (1, 8, 8))
+
+
+def test_dae_loss_falls_and_beats_random_encoder(fm_small, tmp_path):
+    run = unsup.pretrain("denoising-autoencoder", data=fm_small, budget="6000", out=tmp_path / "dae",
+                         options={"batch_size": 64}, quiet=True)
+    losses = [m["loss"] for m in unsup.run.RunDir(run).metrics() if "loss" in m]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    method = unsup.load_method(run)
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    learned = probe(method.encoder, train, test, budgets=(10,), seeds=2)
+    random = probe(method.random_encoder(), train, test, budgets=(10,), seeds=2)
+    assert linear_at(learned) > linear_at(random)
+
+
+def test_simclr_loss_falls(fm_small, tmp_path):
+    run = unsup.pretrain("simclr", data=fm_small, budget="4000", out=tmp_path / "simclr", options={"batch_size": 64},
+                         quiet=True, figures=False)
+    losses = [m["loss"] for m in unsup.run.RunDir(run).metrics() if "loss" in m]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2

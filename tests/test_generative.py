@@ -1,0 +1,147 @@
+"""Generative family: the nets, the adversarial steps, divergence detection,
+the sample-quality metrics, the semi-supervised and conditional pieces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unsup.data import load
+from unsup.errors import UnsupError
+from unsup.evaluate.generative import fcd, frechet_distance, load_trained_method, reference_classifier
+from unsup.registry import get_method
+from unsup.train.loop import TrainContext, train_loop
+
+TINY = {"g_width": 8, "d_width": 8, "batch_size": 32}
+GANS = ["dcgan", "improved-gan", "infogan", "bigan", "text-to-image-gan"]
+
+
+def make(name: str, shape=(1, 28, 28), **options):
+    cls = get_method(name)
+    opts = {**TINY, **options}
+    if name == "bigan":
+        opts["e_width"] = 8
+    return cls(cls.Config(**opts), shape)
+
+
+@pytest.fixture(scope="module")
+def fm(fm_small):
+    return load(fm_small, "train"), load(fm_small, "test")
+
+
+def test_frechet_distance_matches_closed_form():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # N(0, I) vs N(mu, 4I): |mu|^2 + tr(I + 4I - 2*2I) = |mu|^2 + 3
+    b = torch.randn(4000, 3, generator=g) * 2 + torch.tensor([1.0, 2.0, 0.0])
+    assert frechet_distance(a, b) == pytest.approx(5.0 + 3.0, rel=0.08)
+    with pytest.raises(UnsupError, match="at least 2 samples"):
+        frechet_distance(a[:1], b)
+
+
+def test_hungarian_accuracy_ignores_code_names():
+    from unsup.methods.generative.infogan import hungarian_accuracy
+
+    labels = torch.arange(10).repeat(20)
+    perm = torch.randperm(10)
+    assert hungarian_accuracy(perm[labels], labels) == 1.0
+    noisy = perm[labels].clone()
+    noisy[:50] = 0
+    assert 0.7 < hungarian_accuracy(noisy, labels) < 1.0
+
+
+@pytest.mark.parametrize("name", GANS)
+def test_every_gan_trains_and_draws(name, fm, tmp_path):
+    train, test = fm
+    torch.manual_seed(0)
+    m = make(name)
+    out = train_loop(m, train, "320", TrainContext(quiet=True))
+    assert out["step"] == 10 and math.isfinite(out["d_loss"]) and math.isfinite(out["g_loss"])
+    x = torch.rand(5, 1, 28, 28)
+    assert m.encoder(x).shape == (5, m.encoder.out_dim)
+    s = m.sample(6)
+    assert s.shape == (6, 1, 28, 28) and 0 <= float(s.min()) and float(s.max()) <= 1
+    paths = m.figures(test, tmp_path)
+    assert {"samples.png", "interpolation.png"} <= {p.name for p in paths}
+    assert all(p.is_file() and p.stat().st_size > 100 for p in paths)
+
+
+def test_dcgan_encoder_pools_every_layer_to_4x4():
+    m = make("dcgan", d_width=8)
+    assert m.encoder.out_dim == (8 + 16 + 32) * 16
+    m32 = make("dcgan", shape=(3, 32, 32))
+    assert m32.sample(2).shape == (2, 3, 32, 32) and m32.encoder(torch.rand(2, 3, 32, 32)).shape[1] == m32.encoder.out_dim
+    with pytest.raises(UnsupError, match="divisible by 4"):
+        make("dcgan", shape=(1, 30, 30))
+
+
+def test_discriminator_collapse_stops_training_with_a_clear_error(fm):
+    train, _ = fm
+    m = make("dcgan", collapse_loss=1e9, collapse_steps=3)  # every step counts as collapsed
+    with pytest.raises(UnsupError, match=r"training diverged.*d_loss_below"):
+        train_loop(m, train, "640", TrainContext(quiet=True))
+
+
+def test_pretrain_roundtrip_and_fcd_improves(fm_small, tmp_path):
+    import unsup
+
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    torch.manual_seed(0)
+    run = unsup.pretrain("dcgan", data=fm_small, budget="4k", out=tmp_path / "run", quiet=True, monitor=False,
+                         options={"g_width": 16, "d_width": 16})
+    assert (run / "figures" / "arithmetic.png").is_file()
+    m = load_trained_method(run)
+    enc = unsup.load_encoder(run)
+    x = test.images[:8].float() / 255
+    assert torch.allclose(enc(x), m.encoder(x), atol=1e-5)
+    clf = reference_classifier(train, epochs=2)
+    assert float((clf(test.images.float() / 255).argmax(1) == test.labels).float().mean()) > 0.7
+    untrained = make("dcgan", g_width=16, d_width=16).eval()
+    real = test.images[:800]
+    assert fcd(clf, m.sample(800), real) < 0.7 * fcd(clf, untrained.sample(800), real)
+
+
+def test_improved_gan_learns_from_its_labelled_subset(fm):
+    train, test = fm
+    torch.manual_seed(0)
+    m = make("improved-gan", labels_per_class=20, seed=1, d_width=16, g_width=16, batch_size=64)
+    train_loop(m, train, "6400", TrainContext(quiet=True))
+    assert len(m._lab_y) == 200 and torch.equal(torch.bincount(m._lab_y), torch.full((10,), 20))
+    assert m.test_error(test) < 0.5  # chance is 0.9
+
+
+def test_semi_supervised_and_conditional_gans_refuse_bad_data(fm):
+    train, _ = fm
+    unlabeled = type(train)(train.name, train.images, None, [])
+    for name in ("improved-gan", "text-to-image-gan"):
+        with pytest.raises(UnsupError, match="label"):
+            make(name).on_epoch_start(unlabeled, 0)
+        with pytest.raises(UnsupError, match="num_classes=10"):
+            make(name, num_classes=5).on_epoch_start(train, 0)
+
+
+def test_infogan_q_recovers_the_categorical_code(fm):
+    train, test = fm
+    torch.manual_seed(0)
+    m = make("infogan", d_width=16, g_width=16, batch_size=64)
+    out = train_loop(m, train, "3200", TrainContext(quiet=True))
+    assert out["q_code_acc"] > 0.8  # Q reads the code of generated images: the mutual-information term works
+    assert 0.1 <= m.code_accuracy(test.images, test.labels) <= 1.0
+
+
+def test_text_descriptions_and_matching_attributes(fm):
+    from unsup.methods.generative.text_to_image_gan import TextToImageGAN, tokenize
+
+    train, _ = fm
+    assert TextToImageGAN.description("Ankle boot", True, True) == "a small dark ankle boot"
+    a, b = tokenize("a small dark ankle boot", 6, 512), tokenize("a large dark ankle boot", 6, 512)
+    assert a[0] == 0 and a[1] == b[1] and a[2] != b[2] and a[3:] == b[3:]  # left padding; only 'small' differs
+    m = make("text-to-image-gan")
+    m.on_epoch_start(train.subset(torch.arange(1000)), 0)
+    x = train.images[:1000].float() / 255
+    small, dark = m.attributes(x, train.labels[:1000])
+    assert 0.3 < float(small.float().mean()) < 0.7 and 0.3 < float(dark.float().mean()) < 0.7  # medians split classes
+    assert len({tuple(r) for r in m.desc_tokens.tolist()}) == 40

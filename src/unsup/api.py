@@ -17,7 +17,7 @@ import torch
 
 from . import data as datasets
 from .errors import UnsupError
-from .evaluate import probe, raw_pixel_rows, supervised_rows
+from .evaluate import probe, random_encoder_rows, raw_pixel_rows, supervised_rows
 from .methods.base import config_from_dict
 from .registry import get_method
 from .run import PROBE, RunDir, atomic_write, load_method
@@ -115,7 +115,7 @@ def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, 
     if references:
         torch.manual_seed(0)
         result["references"]["raw_pixels"] = raw_pixel_rows(train, test, budgets, seeds)
-        result["references"]["random_encoder"] = probe(method.random_encoder().to(dev), train, test, budgets, seeds, dev)
+        result["references"]["random_encoder"] = random_encoder_rows(method.random_encoder().to(dev), train, test, budgets, seeds, dev)
         if supervised:
             backbone = getattr(method.cfg, "backbone", "small-convnet")
             result["references"]["supervised"] = supervised_rows(train, test, budgets, seeds, config["budget"], backbone, dev, quiet)

@@ -10,16 +10,40 @@ only ever scored, never used to choose anything.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import statistics
+from pathlib import Path
 
 import torch
 
 from ..data import few_label_indices
+from ..data.fetch import cache_dir
 from .features import extract_features, raw_pixels
 from .knn import knn_accuracy
 from .linear import linear_probe_accuracy
 
 DEFAULT_BUDGETS = (1, 10, 100, "all")
+# bump when the protocol changes, so cached references are recomputed
+PROTOCOL_VERSION = 1
+
+
+def reference_cache() -> Path:
+    return Path(os.environ.get("UNSUP_CACHE") or cache_dir()) / f"references-v{PROTOCOL_VERSION}"
+
+
+def cached(key: dict, compute):
+    """Rows for ``key`` from the reference cache, computed once."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = reference_cache() / f"{key.get('kind', 'rows')}-{digest}.json"
+    if path.is_file():
+        return json.loads(path.read_text())["rows"]
+    rows = compute()
+    from ..run import atomic_write
+
+    atomic_write(path, json.dumps({"key": key, "rows": rows}, default=str))
+    return rows
 
 
 def _seeds_for(n, seeds: int) -> list[int]:
@@ -61,9 +85,28 @@ def probe(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device=
     return evaluate_features(tf, train.labels, sf, test.labels, train.num_classes, budgets, seeds)
 
 
+def _data_key(train, test) -> dict:
+    return {"dataset": train.name, "train": [len(train), *train.shape], "test": len(test),
+            "labels": hashlib.sha256(train.labels.cpu().numpy().tobytes()).hexdigest()[:16]}
+
+
 def raw_pixel_rows(train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> list[dict]:
-    return evaluate_features(raw_pixels(train.images), train.labels, raw_pixels(test.images), test.labels,
-                             train.num_classes, budgets, seeds)
+    """The raw-pixel reference (cached: it is the same for every method)."""
+    key = {"kind": "raw-pixels", **_data_key(train, test), "budgets": list(budgets), "seeds": seeds}
+    return cached(key, lambda: evaluate_features(raw_pixels(train.images), train.labels, raw_pixels(test.images),
+                                                 test.labels, train.num_classes, budgets, seeds))
+
+
+def random_encoder_rows(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu") -> list[dict]:
+    """The random-weights reference; cached by architecture when the encoder is
+    a plain backbone (methods sharing a backbone share one reference)."""
+    from ..nets import Encoder
+
+    if not isinstance(encoder, Encoder):  # its random version depends on learned parts (e.g. whitening)
+        return probe(encoder, train, test, budgets, seeds, device)
+    key = {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(encoder),
+           "budgets": list(budgets), "seeds": seeds}
+    return cached(key, lambda: probe(encoder, train, test, budgets, seeds, device))
 
 
 def supervised_rows(train, test, budgets, seeds: int, budget, backbone: str, device="cpu", quiet=True) -> list[dict]:

@@ -6,7 +6,6 @@ Results are cached per dataset, backbone, budget, label budget and seed."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import augment, few_label_indices
-from ..data.fetch import cache_dir
 from ..methods.base import Method, MethodConfig
 from ..run import atomic_write
 from .features import extract_features
@@ -48,7 +46,9 @@ class Supervised(Method):
 
 
 def _cache_file(dataset: str, backbone: str, budget, n, seed: int) -> Path:
-    root = Path(os.environ.get("UNSUP_CACHE") or cache_dir()) / "supervised"
+    from .protocol import reference_cache
+
+    root = reference_cache() / "supervised"
     return root / f"{dataset}-{backbone}-{budget}-{n}-seed{seed}.json"
 
 

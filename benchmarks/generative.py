@@ -169,13 +169,14 @@ def main(argv=None):
     ap.add_argument("--budget", default="60k")
     ap.add_argument("--out", default="bench-out/generative")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--skip-reference", action="store_true", help="leave the classifier's real-vs-real numbers to another part")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = ".venv/bin/python benchmarks/generative.py" + (f" --budget {args.budget}" if args.budget != "60k" else "")
     if not args.report_only:
         train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
-        if set(args.methods.split(",")) & set(UNSUP) and not (out / "classifier.json").exists():
+        if set(args.methods.split(",")) & set(UNSUP) and not (out / "classifier.json").exists() and not args.skip_reference:
             clf = reference_classifier(train)
             from unsup.evaluate.generative import classify, fcd
 

@@ -19,6 +19,7 @@ Two sources:
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -43,7 +44,7 @@ def texture_bank(side: int = 192) -> torch.Tensor:
     for name in TEXTURES:
         try:
             im = getattr(sd, name)()
-        except Exception:  # noqa: BLE001 - a scikit-image build without that file
+        except Exception:  # noqa: BLE001, S112 - a scikit-image build without that file: use the others
             continue
         im = rgb2gray(im[..., :3]) if im.ndim == 3 else im.astype(np.float64) / (255.0 if im.dtype == np.uint8 else 1.0)
         s = min(im.shape)
@@ -78,7 +79,8 @@ def render_stereo(objects: torch.Tensor, textures: torch.Tensor, size: int = 48,
     obj = to_float(objects)
     tex = to_float(textures.to(dev))
     xs, ys = _pixel_grid(size, dev)
-    u = lambda *shape, lo=0.0, hi=1.0: torch.rand(*shape, device=dev) * (hi - lo) + lo  # noqa: E731
+    def u(*shape, lo=0.0, hi=1.0):
+        return torch.rand(*shape, device=dev) * (hi - lo) + lo
     top = levels - 1
     # background: a random texture crop, a slanted plane with disparity d0 + slope * y / S
     t = tex[torch.randint(0, len(tex), (b,), device=dev)]
@@ -137,9 +139,11 @@ def motorcycle_pair(scale: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.T
     disp[~np.isfinite(disp)] = np.nan
     blocks = disp.reshape(size[0], scale, size[1], scale).transpose(0, 2, 1, 3).reshape(*size, scale * scale)
     valid = np.isfinite(blocks).mean(-1) >= 0.5
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks: unknown disparity
         d = np.where(valid, np.nanmedian(np.where(np.isfinite(blocks), blocks, np.nan), -1), np.nan) / scale
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # noqa: E731
+    def as_t(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     return as_t(lg), as_t(rg), as_t(d)
 
 

@@ -245,11 +245,37 @@ for _name in OBJECT_SOURCES:
     LOADERS[_name] = _moving_loader(_name)
 
 
+def _objects_for(video_name: str, split: str) -> ImageDataset:
+    if video_name.startswith("moving:"):
+        return load(video_name[len("moving:"):], split)
+    return OBJECT_SOURCES.get(video_name, OBJECT_SOURCES["moving-fashion-mnist"])(split)
+
+
 def still_source(video_name: str, split: str, size: int = SIZE, channels: int = 1) -> ImageDataset:
     """Labelled stills for probing a frame encoder trained on ``video_name``:
     the moving set's own objects, or Fashion-MNIST for users' videos."""
-    src = OBJECT_SOURCES.get(video_name, OBJECT_SOURCES["moving-fashion-mnist"])(split)
-    return place_on_canvas(src, size, seed=SEEDS[split] + 100, channels=channels)
+    return place_on_canvas(_objects_for(video_name, split), size, seed=SEEDS[split] + 100, channels=channels)
+
+
+MOVING = {"fashion-mnist": "moving-fashion-mnist", "digits": "moving-digits"}
+
+
+def video_name(data: str) -> str | None:
+    """The video source a video method pretrains on when asked for ``data``,
+    registering loaders for ``moving:<image set>`` and users' video paths;
+    None when ``data`` names no video."""
+    data = str(data)
+    if data in MOVING:
+        return MOVING[data]
+    if data in OBJECT_SOURCES or (data in LOADERS and data.startswith("moving:")):
+        return data
+    if data.startswith("moving:"):  # moving sequences of any labelled image set (a name or a path)
+        src = data[len("moving:"):]
+        LOADERS[data] = lambda split, _s=src, _n=data: moving(load(_s, split), split, name=_n)
+        return data
+    if is_video_path(data):
+        return register_video_path(data)
+    return None
 
 
 # --- users' video files --------------------------------------------------

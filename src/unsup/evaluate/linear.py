@@ -74,7 +74,7 @@ def threads_for(numel: int):
     """Small problems run on one thread: the many tiny L-BFGS steps are
     dominated by thread hand-offs otherwise (measured 60x slower on 2 cores)."""
     before = torch.get_num_threads()
-    if numel < 2_000_000:
+    if numel < 10_000_000:
         torch.set_num_threads(1)
     try:
         yield

@@ -40,14 +40,14 @@ class SparseCodingConfig(MethodConfig):
     batch_size: int = 1024  # patches per dictionary step
     patch_size: int = 8
     num_atoms: int = 128
-    sparsity: float = 0.3  # lambda of the L1 penalty, on whitened patches
+    sparsity: float = 1.0  # lambda of the L1 penalty, on whitened patches (about 5 of 128 atoms active)
     fista_steps: int = 60
-    steps: int = 1500  # dictionary steps (a seconds budget may stop earlier)
+    steps: int = 500  # dictionary steps (a seconds budget may stop earlier)
     num_patches: int = 200_000
     stat_decay: float = 0.98  # forgetting factor of the running code statistics
     encode_alpha: float = 0.25  # soft-threshold of the encoder
     norm_eps: float = 10.0
-    zca_eps: float = 0.1
+    zca_eps: float = 1.0  # stronger than k-means: damps the noisiest high frequencies, as O&F's low-pass
 
 
 def fista(x: torch.Tensor, dictionary: torch.Tensor, lam: float, steps: int) -> torch.Tensor:
@@ -152,7 +152,7 @@ class SparseCoding(Method):
                 fresh = white[torch.randint(0, len(white), (int(dead.sum()),), generator=g).to(dev)]
                 atoms[dead] = F.normalize(dist.broadcast(fresh), dim=1)
             bar.update(1)
-            if step % 50 == 0 or step == cfg.steps:
+            if step % 10 == 0 or step == cfg.steps:
                 obj = sparse_objective(x, atoms, codes, cfg.sparsity)
                 ctx.log({"step": step, "seconds": round(time.perf_counter() - start, 2), "loss": obj,
                          "active": float((codes != 0).float().sum(1).mean())})

@@ -245,7 +245,7 @@ class TextToImageGAN(GanMethod):
         t = torch.linspace(0, 1, steps, device=dev)[:, None]
         rows = []
         g = torch.Generator().manual_seed(6)
-        for a, b in [(0, 1), (5, 7), (2, 8), (9, 3)]:
+        for a, b in [(0 % k, 1 % k), (5 % k, 7 % k), (2 % k, 8 % k), (9 % k, 3 % k)]:
             ha, hb = self.text(self.desc_tokens[torch.tensor([4 * a, 4 * b + 3], device=dev)])
             z = torch.randn(1, self.cfg.z_dim, generator=g).to(dev).expand(steps, -1)
             rows.append(from_tanh(self.generate(torch.cat([z, ha * (1 - t) + hb * t], 1))))

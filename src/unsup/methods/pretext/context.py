@@ -26,7 +26,7 @@ import torch
 
 from ...data.augment import to_float
 from ...registry import register
-from .patches import PairGeometry, crop_resize, gather_patches, normalise_patches, require_fit, working_size
+from .patches import PairGeometry, crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
 from .task import PretextTask, mlp_head
 
 
@@ -38,6 +38,7 @@ class ContextConfig(PretextTask.Config):
     gap_frac: float = 0.5  # gap / patch side (48/96 in the paper)
     jitter_frac: float = 7 / 96  # jitter / patch side
     normalise_patches: bool = True
+    probe_at_working_scale: bool = True  # whole images are resized to `size` in the encoder
     hidden: int = 512
     lr: float = 2e-3
     batch_size: int = 256
@@ -47,6 +48,7 @@ class ContextConfig(PretextTask.Config):
 class Context(PretextTask):
     name = "context"
     paper = "Doersch, Gupta & Efros 2015, Unsupervised Visual Representation Learning by Context Prediction"
+    whole_image_stats = True
     Config = ContextConfig
     classes = 8
 
@@ -55,7 +57,7 @@ class Context(PretextTask):
         self.size = working_size(cfg.size, self.shape[1])
         self.geo = PairGeometry(self.name, self.size, cfg.patch_frac, cfg.gap_frac, cfg.jitter_frac)
         require_fit(self.name, 8, self.geo.patch, "the patch encoder", "raise size or patch_frac")
-        self.encoder = self.make_encoder()
+        self.encoder = patch_encoder(self)
         self.head = mlp_head(2 * self.encoder.out_dim, cfg.hidden, 8)
 
     def pairs(self, images: torch.Tensor, which: torch.Tensor | None = None):

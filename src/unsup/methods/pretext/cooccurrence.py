@@ -27,7 +27,7 @@ import torch
 
 from ...data.augment import to_float
 from ...registry import register
-from .patches import PairGeometry, crop_resize, gather_patches, normalise_patches, require_fit, working_size
+from .patches import PairGeometry, crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
 from .task import PretextTask, mlp_head
 
 
@@ -39,6 +39,7 @@ class CooccurrenceConfig(PretextTask.Config):
     gap_frac: float = 0.5
     jitter_frac: float = 7 / 96
     normalise_patches: bool = True
+    probe_at_working_scale: bool = True  # whole images are resized to `size` in the encoder
     hidden: int = 512
     lr: float = 2e-3
     batch_size: int = 256
@@ -48,6 +49,7 @@ class CooccurrenceConfig(PretextTask.Config):
 class Cooccurrence(PretextTask):
     name = "cooccurrence"
     paper = "Isola, Zoran, Krishnan & Adelson 2015, Learning visual groups from co-occurrences in space and time"
+    whole_image_stats = True
     Config = CooccurrenceConfig
     classes = 2
 
@@ -56,7 +58,7 @@ class Cooccurrence(PretextTask):
         self.size = working_size(cfg.size, self.shape[1])
         self.geo = PairGeometry(self.name, self.size, cfg.patch_frac, cfg.gap_frac, cfg.jitter_frac)
         require_fit(self.name, 8, self.geo.patch, "the patch encoder", "raise size or patch_frac")
-        self.encoder = self.make_encoder()
+        self.encoder = patch_encoder(self)
         self.head = mlp_head(2 * self.encoder.out_dim, cfg.hidden, 2)
 
     def make_task(self, images):

@@ -21,22 +21,26 @@ shared backbone with global pooling, so at probe time it takes whole images.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from ...data.augment import to_float
 from ...errors import UnsupError
 from ...registry import register
-from .patches import crop_resize, gather_patches, normalise_patches, require_fit, working_size
+from .patches import crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
 from .task import PretextTask, mlp_head
 
 
 @lru_cache(maxsize=1)
-def _all_permutations() -> torch.Tensor:
-    return torch.tensor(list(itertools.permutations(range(9))), dtype=torch.int8)
+def _all_permutations(n: int = 9) -> torch.Tensor:
+    """All n! permutations, built by inserting each new element at every position (vectorised)."""
+    p = np.zeros((1, 0), dtype=np.int8)
+    for k in range(n):
+        p = np.concatenate([np.insert(p, j, k, axis=1) for j in range(k + 1)])
+    return torch.from_numpy(p)
 
 
 def hamming_permutations(n: int, seed: int = 0) -> torch.Tensor:
@@ -49,13 +53,15 @@ def hamming_permutations(n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     first = int(torch.randint(len(allp), (1,), generator=g))
     chosen = [first]
-    total = torch.zeros(len(allp), dtype=torch.int64)  # 1^T D: summed distance to the chosen set
+    cols = allp.T.contiguous()  # (9, 9!): one position at a time is cache-friendly
+    total = torch.zeros(len(allp), dtype=torch.int32)  # 1^T D: summed distance to the chosen set
     taken = torch.zeros(len(allp), dtype=torch.bool)
     taken[first] = True
     for _ in range(n - 1):
-        total += (allp != allp[chosen[-1]]).sum(1)
-        score = total.masked_fill(taken, -1)
-        j = int(score.argmax())
+        last = allp[chosen[-1]]
+        for pos in range(9):
+            total += cols[pos] != last[pos]
+        j = int(total.masked_fill(taken, -1).argmax())
         chosen.append(j)
         taken[j] = True
     return allp[chosen].long()
@@ -68,6 +74,7 @@ class JigsawConfig(PretextTask.Config):
     tile_frac: float = 64 / 75  # tile side / cell side; 1.0 = no gap, no jitter (the ablation)
     permutations: int = 100
     normalise_tiles: bool = True
+    probe_at_working_scale: bool = True  # whole images are resized to `size` in the encoder
     hidden: int = 512  # fc7, scaled from 4096
     lr: float = 2e-3
     batch_size: int = 128
@@ -77,11 +84,12 @@ class JigsawConfig(PretextTask.Config):
 class Jigsaw(PretextTask):
     name = "jigsaw"
     paper = "Noroozi & Favaro 2016, Unsupervised Learning of Visual Representations by Solving Jigsaw Puzzles"
+    whole_image_stats = True
     Config = JigsawConfig
 
     def __init__(self, cfg: JigsawConfig, shape):
         super().__init__(cfg, shape)
-        c, h, _ = self.shape
+        _c, h, _ = self.shape
         self.size = working_size(cfg.size, h)
         self.cell = self.size // 3
         self.tile = max(1, round(cfg.tile_frac * self.cell))
@@ -92,7 +100,7 @@ class Jigsaw(PretextTask):
                     "raise size or tile_frac")
         self.classes = cfg.permutations
         self.register_buffer("perms", hamming_permutations(cfg.permutations), persistent=False)
-        self.encoder = self.make_encoder()
+        self.encoder = patch_encoder(self)
         self.head = mlp_head(9 * self.encoder.out_dim, cfg.hidden, cfg.permutations)
 
     def tiles(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...errors import UnsupError
 
@@ -49,7 +50,7 @@ def crop_resize(x: torch.Tensor, size: int, crop_frac: float = 1.0) -> torch.Ten
 def gather_patches(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
     """Patches of side ``size`` with top-left corners ``(top, left)``, both
     ``(B, K)`` integer tensors: ``(B, C, H, W)`` -> ``(B, K, C, size, size)``."""
-    b, k = top.shape
+    b, _k = top.shape
     ar = torch.arange(size, device=x.device)
     rows = (top[..., None] + ar)[:, :, :, None]  # (B, K, s, 1)
     cols = (left[..., None] + ar)[:, :, None, :]  # (B, K, 1, s)
@@ -101,3 +102,27 @@ class PairGeometry:
         jit = torch.randint(-j, j + 1, (2, b, 2), device=device) if j > 0 else torch.zeros(2, b, 2, dtype=torch.long, device=device)
         nb = centre + NEIGHBOURS.to(device)[which] * self.step
         return centre + jit[0], nb + jit[1], which
+
+
+class AtWorkingScale(nn.Module):
+    """Resize whole images (the native side) to the working side before the
+    backbone, so the probed encoder sees objects at the scale its filters were
+    trained at on patches; patches (any other side) pass unchanged."""
+
+    def __init__(self, net: nn.Module, native: int, working: int):
+        super().__init__()
+        self.net, self.native, self.working = net, native, working
+        self.out_dim = net.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.native and self.native != self.working:
+            x = F.interpolate(x, size=(self.working, self.working), mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def patch_encoder(method) -> nn.Module:
+    """The shared backbone as a patch encoder (see ``AtWorkingScale``)."""
+    enc = method.make_encoder()
+    if getattr(method.cfg, "probe_at_working_scale", False):
+        enc.net = AtWorkingScale(enc.net, method.shape[1], method.size)
+    return enc

@@ -106,6 +106,7 @@ class Stereo(Method):
         left, right, disp = self.render(images)
         prob = self.disparity_probs(left)
         loss = (select(left, prob) - right).abs().mean()
+        prob = prob.detach()
         levels = torch.arange(self.cfg.levels, device=prob.device, dtype=prob.dtype).view(1, -1, 1, 1)
         hit = ((prob.argmax(1, keepdim=True).to(prob.dtype) - disp).abs() < 1).float().mean()
         mean_disp = (prob * levels).sum(1, keepdim=True)

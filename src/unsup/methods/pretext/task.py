@@ -2,17 +2,40 @@
 generator of task inputs and targets from a uint8 batch, on the device, and a
 head over the shared encoder's features. The loss is cross-entropy; the
 pretext accuracy is logged as ``pretext_acc`` so a user sees during
-pretraining whether the task is being solved (and chance is ``1/classes``)."""
+pretraining whether the task is being solved (and chance is ``1/classes``).
+
+Patch tasks train the encoder on patches but it is probed on whole images, so
+their batch-norm running statistics are kept for whole images: the patch
+forward pass uses its own batch statistics without recording them, and a
+no-gradient pass over the batch's whole images records them (the weights
+are learnt from patches only)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.augment import to_float
 from ..base import Method
+
+
+@contextlib.contextmanager
+def stats_frozen(module: nn.Module):
+    """Batch norm in train mode that does not update its running statistics."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
 
 
 def mlp_head(in_dim: int, hidden: int, classes: int) -> nn.Sequential:
@@ -23,6 +46,7 @@ def mlp_head(in_dim: int, hidden: int, classes: int) -> nn.Sequential:
 class PretextTask(Method):
     family = "pretext"
     classes: int = 2  # set by each task
+    whole_image_stats: ClassVar[bool] = False  # patch tasks: batch-norm statistics from whole images
 
     def make_task(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 ``(B, C, H, W)`` on the device -> (task inputs, int64 targets)."""
@@ -33,7 +57,13 @@ class PretextTask(Method):
 
     def training_loss(self, images):
         inputs, targets = self.make_task(images)
-        logits = self.logits(inputs)
+        if self.whole_image_stats:
+            with stats_frozen(self.encoder):
+                logits = self.logits(inputs)
+            with torch.no_grad():  # a few whole images are enough for the statistics
+                self.encoder(to_float(images[:64]))
+        else:
+            logits = self.logits(inputs)
         loss = F.cross_entropy(logits.float(), targets)
         acc = (logits.detach().argmax(1) == targets).float().mean()
         return loss, {"pretext_acc": float(acc)}

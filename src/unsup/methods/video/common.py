@@ -14,8 +14,6 @@ from ...data.augment import to_float
 from ...errors import UnsupError
 from ..base import Method, MethodConfig
 
-MOVING = {"fashion-mnist": "moving-fashion-mnist", "digits": "moving-digits"}
-
 
 @dataclass
 class VideoConfig(MethodConfig):
@@ -38,15 +36,12 @@ class VideoMethod(Method):
 
     @classmethod
     def training_data(cls, data: str) -> str:
-        data = str(data)
-        if data in MOVING:
-            return MOVING[data]
-        if data in video.OBJECT_SOURCES:
-            return data
-        if video.is_video_path(data):
-            return video.register_video_path(data)
-        raise UnsupError(f"{cls.name} learns from video: give --data {' or '.join(video.OBJECT_SOURCES)} "
-                         f"(or fashion-mnist/digits), an .npy/.npz video array or a folder of frame folders; got {data!r}")
+        name = video.video_name(data)
+        if name is None:
+            raise UnsupError(f"{cls.name} learns from video: give --data {' or '.join(video.OBJECT_SOURCES)} "
+                             "(or fashion-mnist/digits), moving:<image set name or .npz>, an .npy/.npz video array "
+                             f"or a folder of frame folders; got {data!r}")
+        return name
 
     def probe_datasets(self, data: str):
         """Labelled stills placed on the frame canvas: the moving set's own

@@ -66,6 +66,7 @@ class PredNetNet(nn.Module):
         self.r = tuple(r_stack)
         n = self.layers = len(self.a)
         self.pixel_max = pixel_max
+        self.leak = 0.01  # slope below 0 of the pixel prediction (dead-ReLU guard)
         self.cells = nn.ModuleList(
             ConvLSTMCell(2 * self.a[i] + (self.r[i + 1] if i < n - 1 else 0), self.r[i], kernel) for i in range(n))
         self.ahat = nn.ModuleList(nn.Conv2d(self.r[i], self.a[i], kernel, padding=kernel // 2) for i in range(n))
@@ -93,12 +94,13 @@ class PredNetNet(nn.Module):
             new_r[i] = self.cells[i](torch.cat(inp, 1), rs[i])
         errors, target, pred = [], frame, None
         for i in range(self.layers):  # bottom-up: predictions, errors, next targets
-            ahat = F.relu(self.ahat[i](new_r[i][0]))
-            if i == 0:
-                ahat = ahat.clamp(max=self.pixel_max)  # SatLU on pixels
+            if i == 0:  # SatLU on pixels, with a leak: see the module docstring
+                ahat = F.leaky_relu(self.ahat[i](new_r[i][0]), self.leak).clamp(max=self.pixel_max)
                 pred = ahat
                 if target is None:
                     target = ahat
+            else:
+                ahat = F.relu(self.ahat[i](new_r[i][0]))
             e = torch.cat([F.relu(target - ahat), F.relu(ahat - target)], 1)
             errors.append(e)
             if i < self.layers - 1:

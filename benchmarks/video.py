@@ -1,0 +1,236 @@
+"""Video family benchmark: pretrain video-lstm, future-features and prednet on
+Moving Fashion-MNIST, measure frame prediction on the fixed test set against
+copying the last frame, probe each frame encoder on Fashion-MNIST stills
+(placed on the 64x64 canvas) against its random-weights reference, and run
+PredNet's online mode over a stream that changes.
+
+    .venv/bin/python benchmarks/video.py [--quick]
+
+Writes benchmarks/results/video.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import unsup
+from unsup.data import load
+from unsup.data.video import moving, still_source
+from unsup.evaluate import probe
+from unsup.evaluate.video import prediction_metrics
+from unsup.run import RunDir, build_method
+
+BUDGETS = {"video-lstm": "3000", "future-features": "3000", "prednet": "1200"}  # sequences seen (20 frames each)
+OUT = Path(__file__).parent / "results" / "video.md"
+
+
+def full_method(run: Path):
+    """The whole trained method (decoders, LSTMs), not only its encoder."""
+    rd = RunDir(run)
+    m = build_method(rd.read_config())
+    m.load_state_dict(rd.load_checkpoint()["method"])
+    return m.eval()
+
+
+def balanced(ds, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return ds.subset(torch.randperm(len(ds), generator=g)[:n])
+
+
+def acc(rows, n, clf):
+    r = next(r for r in rows if r["labels_per_class"] == n and r["classifier"] == clf)
+    return r["accuracy_mean"], r["accuracy_std"]
+
+
+def online(method, args) -> dict:
+    """PredNet online: a stream of S parallel sequences; frames 0..A-1 as in
+    pretraining, then a change (objects at twice the speed, a new kind of
+    motion); learning on every frame vs only while the error is high."""
+    objs = load("fashion-mnist", "test")
+    s, a, b = args.streams, args.before, args.after
+    before = moving(objs, "test", n=s, seed=5, frames=a)
+    after = moving(objs, "test", n=s, seed=6, frames=b, speed=2 * 3.6)
+
+    def chunks():
+        for src, n in ((before, a), (after, b)):
+            for t0 in range(0, n, 10):
+                yield src.images.window(t0, min(10, n - t0))[slice(0, s)]
+
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    out = {}
+    for mode in ("none", "every", "gated"):
+        method.load_state_dict(state)
+        opt = torch.optim.Adam(method.prednet.parameters(), lr=args.online_lr)
+        t0 = time.perf_counter()
+        if mode == "none":
+            opt = torch.optim.SGD(method.prednet.parameters(), lr=0.0)
+        tr = method.learn_online(chunks(), opt, gated=(mode != "every"), threshold=args.threshold if mode == "gated" else float("inf"),
+                                 window=args.window)
+        if mode == "none":
+            tr["learned"] = [False] * len(tr["learned"])
+        tr["seconds"] = time.perf_counter() - t0
+        out[mode] = tr
+    method.load_state_dict(state)
+    return out
+
+
+def smooth(x, k):
+    return [statistics.fmean(x[max(0, i - k + 1) : i + 1]) for i in range(len(x))]
+
+
+def online_summary(tr: dict, a: int, k: int = 20) -> dict:
+    e = tr["error"]
+    prior = statistics.fmean(e[a - 30 : a])
+    sm = smooth(e, k)
+    spike = max(sm[a : a + k])
+    rec = next((i for i in range(a + k, len(e)) if sm[i] <= 1.2 * prior), None)
+    upd_b = sum(tr["learned"][a:])
+    return {"prior": prior, "spike": spike, "final": statistics.fmean(e[-30:]), "recovered_at": None if rec is None else rec - a,
+            "updates_after_change": upd_b, "updates_to_recover": None if rec is None else sum(tr["learned"][a : rec + 1]),
+            "updates_total": sum(tr["learned"]), "seconds": tr["seconds"]}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--methods", default="video-lstm,future-features,prednet")
+    p.add_argument("--test-sequences", type=int, default=500)
+    p.add_argument("--probe-train", type=int, default=5000)
+    p.add_argument("--probe-test", type=int, default=2000)
+    p.add_argument("--streams", type=int, default=4)
+    p.add_argument("--before", type=int, default=80)
+    p.add_argument("--after", type=int, default=160)
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--threshold", type=float, default=1.25)
+    p.add_argument("--online-lr", type=float, default=1e-3)
+    p.add_argument("--out", default="/tmp/unsup-video-bench")
+    p.add_argument("--budget-scale", type=float, default=1.0)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    test = load("moving-fashion-mnist", "test")
+    s_train = balanced(still_source("moving-fashion-mnist", "train"), args.probe_train)
+    s_test = balanced(still_source("moving-fashion-mnist", "test"), args.probe_test)
+    results = {}
+    for name in args.methods.split(","):
+        budget = str(int(float(BUDGETS[name]) * args.budget_scale))
+        t0 = time.perf_counter()
+        run = unsup.pretrain(name, data="fashion-mnist", budget=budget, out=Path(args.out) / name, quiet=True, overwrite=True,
+                             monitor=False)
+        secs = time.perf_counter() - t0
+        m = full_method(run)
+        r = {"budget": budget, "pretrain_seconds": secs, "figures": sorted(str(q) for q in (run / "figures").glob("*.png"))}
+        torch.manual_seed(0)
+        r["probe"] = probe(m.encoder, s_train, s_test, (10, 100), 3)
+        r["random"] = probe(m.random_encoder(), s_train, s_test, (10, 100), 3)
+        if name != "future-features":
+            r["video"] = prediction_metrics(m.predict, test, limit=args.test_sequences)
+        else:
+            r["retrieval"] = m.retrieval(test, limit=args.test_sequences)
+        if name == "prednet":
+            tr = online(m, args)
+            r["online"] = {k: online_summary(v, args.before) for k, v in tr.items()}
+            r["online_trace"] = {k: {"error": v["error"], "learned": v["learned"]} for k, v in tr.items()}
+            save_online_figure(tr, args.before, Path(args.out) / "online.png")
+        results[name] = r
+        print(name, json.dumps({k: v for k, v in r.items() if k != "online_trace"}, default=str)[:3000], flush=True)
+        Path(args.out, f"results-{name}.json").write_text(json.dumps(r, default=str))
+    merged = {}  # methods run in other processes (--methods) land in the same table
+    for name in ("video-lstm", "future-features", "prednet"):
+        f = Path(args.out, f"results-{name}.json")
+        if f.is_file():
+            merged[name] = json.loads(f.read_text())
+    write_md(merged, args)
+
+
+def save_online_figure(tr, a, path):
+    from unsup.report.figures import save_curve
+
+    try:
+        ys = {k: smooth(v["error"], 10) for k, v in tr.items()}
+        save_curve(list(range(len(ys["none"]))), ys, path, xlabel="frame", ylabel="next-frame MSE (10-frame mean)",
+                   title=f"PredNet online: learning none / every frame / gated; motion changes at frame {a}")
+    except Exception as e:  # noqa: BLE001 - the figure is a bonus
+        print("online figure skipped:", e)
+
+
+def write_md(results, args):
+    lines = ["# Video family benchmark", "",
+             f"Command: `.venv/bin/python benchmarks/video.py {' '.join(sys.argv[1:])}`  ",
+             f"Date: {datetime.date.today()}; machine: 2-core CPU ({platform.processor() or platform.machine()}), shared with other "
+             "jobs (load 6-12), so seconds are inflated; budgets are sequences seen (20 frames of 64x64 each).  ",
+             f"Prediction: first {args.test_sequences} sequences of the fixed Moving Fashion-MNIST test set (10 given, 10 predicted); "
+             "MSE = squared error summed over the 64x64 frame, values in [0, 1].  ",
+             f"Probe: Fashion-MNIST stills on the 64x64 canvas, {args.probe_train} train / {args.probe_test} test images "
+             "(class-balanced subsets, to fit the CPU), budgets 10 and 100 labels per class, 3 seeds, linear probe and k-NN.", ""]
+    lines += ["## Frame prediction (lower MSE is better)", "",
+              "| method | budget | next MSE | copy-last next | 10-ahead MSE | copy-last 10-ahead | next SSIM | copy SSIM | 10-ahead SSIM | copy 10-ahead SSIM |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        v = r.get("video")
+        if v:
+            lines.append(f"| {name} | {r['budget']} | {v['next_mse']:.1f} | {v['next_copy_mse']:.1f} | {v['ahead10_mse']:.1f} | "
+                         f"{v['ahead10_copy_mse']:.1f} | {v['next_ssim']:.3f} | {v['next_copy_ssim']:.3f} | {v['ahead10_ssim']:.3f} | {v['ahead10_copy_ssim']:.3f} |")
+    for name, r in results.items():
+        if "retrieval" in r:
+            q = r["retrieval"]
+            lines += ["", f"{name}: anticipation by retrieval (true frame t+k among {q['candidates']} candidates): "
+                      f"top-1 {q['future_retrieval_top1']:.3f} from the predicted representation vs {q['current_frame_top1']:.3f} "
+                      "from frame t's own representation."]
+    lines += ["", "## Frame encoder probe (accuracy, mean ± std over 3 seeds)", "",
+              "| method | pretrain s | linear@10 | random linear@10 | linear@100 | random linear@100 | kNN@100 | random kNN@100 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        cells = []
+        for n, clf in ((10, "linear"), (100, "linear"), (100, "knn")):
+            a, s = acc(r["probe"], n, clf)
+            b, t = acc(r["random"], n, clf)
+            cells += [f"{a:.3f} ± {s:.3f}", f"{b:.3f} ± {t:.3f}"]
+        lines.append(f"| {name} | {r['pretrain_seconds']:.0f} | " + " | ".join(cells) + " |")
+    if "prednet" in results and "online" in results["prednet"]:
+        o = results["prednet"]["online"]
+        lines += ["", f"## PredNet online ({args.streams} parallel streams, {args.before} frames as in pretraining, then "
+                  f"{args.after} frames at twice the speed; learning step = back-propagation through the last {args.window} frames; "
+                  f"gate: error > {args.threshold} x its recent level)", "",
+                  "| learning | prior error | spike (20-frame mean) | final error | frames to recover (<= 1.2 x prior) | updates to recover | updates after change | updates total |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for mode, v in o.items():
+            lines.append(f"| {mode} | {v['prior']:.1f} | {v['spike']:.1f} | {v['final']:.1f} | {v['recovered_at']} | {v['updates_to_recover']} | "
+                         f"{v['updates_after_change']} | {v['updates_total']} |")
+    lines += ["", "## Floors", ""] + floors(results) + [""]
+    OUT.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def floors(results):
+    out = []
+    if "prednet" in results:
+        v = results["prednet"]["video"]
+        out.append(f"- prednet next-frame MSE <= half of copy-last: {v['next_mse']:.1f} vs {v['next_copy_mse'] / 2:.1f}: "
+                   f"{'met' if v['next_mse'] <= v['next_copy_mse'] / 2 else 'MISSED'}")
+    if "video-lstm" in results:
+        v = results["video-lstm"]["video"]
+        out.append(f"- video-lstm 10-ahead MSE beats copy-last: {v['ahead10_mse']:.1f} vs {v['ahead10_copy_mse']:.1f}: "
+                   f"{'met' if v['ahead10_mse'] < v['ahead10_copy_mse'] else 'MISSED'}")
+    for name, r in results.items():
+        a, _ = acc(r["probe"], 100, "linear")
+        b, _ = acc(r["random"], 100, "linear")
+        out.append(f"- {name} encoder beats random at 100 labels/class (linear): {a:.3f} vs {b:.3f}: {'met' if a > b else 'MISSED'}")
+    if "prednet" in results and "online" in results["prednet"]:
+        o = results["prednet"]["online"]
+        g, e = o["gated"], o["every"]
+        ok = g["recovered_at"] is not None and g["updates_after_change"] <= 0.5 * e["updates_after_change"]
+        out.append(f"- online: gated back within 20% of prior after {g['recovered_at']} frames with {g['updates_after_change']} updates "
+                   f"after the change vs {e['updates_after_change']} learning every frame: {'met' if ok else 'MISSED'}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

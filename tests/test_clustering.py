@@ -1,0 +1,146 @@
+"""Clustering methods: device k-means (and its torchrun equivalence),
+conv-clustering, DeepCluster's empty-cluster and sampling rules, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import unsup
+from unsup.errors import UnsupError
+from unsup.methods.clustering.conv_clustering import ConvClustering, ConvClusteringConfig, group_maps
+from unsup.methods.clustering.deepcluster import DeepCluster, DeepClusterConfig, fill_empty_clusters, uniform_over_clusters
+from unsup.methods.clustering.kmeans_core import assign, inertia, kmeans
+from unsup.run import RunDir, load_method
+
+
+def _blobs(n=3000, k=8, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = 6 * torch.randn(k, d, generator=g)
+    return centres[torch.randint(0, k, (n,), generator=g)] + torch.randn(n, d, generator=g)
+
+
+def test_kmeans_finds_blobs_and_refuses_too_many_centroids():
+    x = _blobs()
+    c = kmeans(x, 8, iterations=20, seed=0, init="k-means++")
+    c_mb = kmeans(x, 8, iterations=20, batch_size=500, seed=0, init="k-means++")
+    one = x.mean(0, keepdim=True)
+    assert inertia(x, c) < 0.1 * inertia(x, one)
+    assert inertia(x, c_mb) < 1.1 * inertia(x, c)
+    with pytest.raises(UnsupError, match="9 centroids need at least 9 points, got 8"):
+        kmeans(x[:8], 9)
+
+
+_WORKER = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {src!r})
+from unsup.methods.clustering.kmeans_core import kmeans
+dist.init_process_group("gloo")
+r, w = dist.get_rank(), dist.get_world_size()
+x = torch.load({data!r})
+n = len(x)
+shard = x[r * n // w : (r + 1) * n // w]  # the shards, concatenated in rank order, are the data
+lloyd = kmeans(shard, 6, iterations=5, batch_size=None, seed=3, init="k-means++")
+mini = kmeans(shard, 6, iterations=3, batch_size=400, seed=3)
+if r == 0:
+    torch.save({{"lloyd": lloyd, "mini": mini}}, {out!r})
+dist.destroy_process_group()
+"""
+
+
+def test_kmeans_under_torchrun_equals_single_process(tmp_path):
+    x = _blobs(n=2001, k=6, d=4, seed=1)  # an odd size: unequal shards
+    torch.save(x, tmp_path / "x.pt")
+    script = tmp_path / "worker.py"
+    src = os.path.join(os.path.dirname(unsup.__file__), "..")
+    script.write_text(_WORKER.format(src=os.path.abspath(src), data=str(tmp_path / "x.pt"), out=str(tmp_path / "out.pt")))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = torch.load(tmp_path / "out.pt")
+    lloyd = kmeans(x, 6, iterations=5, batch_size=None, seed=3, init="k-means++")
+    mini = kmeans(x, 6, iterations=3, batch_size=400, seed=3)
+    torch.testing.assert_close(got["lloyd"], lloyd, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["mini"], mini, rtol=1e-4, atol=1e-4)
+
+
+def test_fill_empty_clusters_and_uniform_sampling():
+    x = _blobs(n=600, k=3, d=3)
+    g = torch.Generator().manual_seed(0)
+    cent = torch.cat([kmeans(x, 3, 10, seed=0), torch.full((3, 3), 1e3)])  # three centroids nobody picks
+    labels = assign(x, cent, need_dist=False)[0]
+    assert (torch.bincount(labels, minlength=6) == 0).sum() == 3
+    cent, labels, fixed = fill_empty_clusters(x, cent, labels, g, eps=1e-3)
+    assert fixed >= 3 and (torch.bincount(labels, minlength=6) > 0).all()
+    skewed = torch.cat([torch.zeros(900, dtype=torch.long), torch.ones(90, dtype=torch.long), torch.full((10,), 2)])
+    picks = skewed[uniform_over_clusters(skewed, 30_000, g)]
+    share = torch.bincount(picks, minlength=3).float() / len(picks)
+    assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.02)
+
+
+def test_group_maps_are_disjoint_and_correlated():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(50, 4, 6, 6, generator=g)
+    maps = torch.cat([base, base * 1.1 + 0.01 * torch.randn(50, 4, 6, 6, generator=g)], 1)  # map i ~ map i+4
+    groups = group_maps(maps, 2, seed=0)
+    assert groups.shape == (4, 2) and sorted(groups.flatten().tolist()) == list(range(8))
+    assert {frozenset(gr.tolist()) for gr in groups} == {frozenset({i, i + 4}) for i in range(4)}
+
+
+SMALL = {"filters": [16, 8], "num_windows": 3000, "iterations": 5, "conv_iterations": 2, "fit_images": 1000, "group_size": 4}
+
+
+def test_conv_clustering_two_layers_beats_random(fm_small, tmp_path):
+    out = tmp_path / "cc"
+    unsup.pretrain("conv-clustering", data=fm_small, budget="3000", out=out, quiet=True, options=SMALL, monitor=False)
+    m = load_method(out)
+    assert m.encoder.out_dim == 4 * 4 * 8 and m.encoder.truncated(1).out_dim == 4 * 16
+    layer2 = m.encoder.layers[1]
+    assert sorted(layer2.index.flatten().tolist()) == list(range(16))  # every first-layer map in exactly one group
+    assert (RunDir(out).figures_dir / "filters.png").is_file()
+    res = unsup.probe_run(out, budgets=(10,), seeds=2, supervised=False)
+    acc = {r["classifier"]: r["accuracy_mean"] for r in res["results"]}
+    rnd = {r["classifier"]: r["accuracy_mean"] for r in res["references"]["random_encoder"]}
+    assert acc["linear"] > rnd["linear"] + 0.02
+
+
+def test_deepcluster_reclusters_and_learns(fm_small, tmp_path):
+    opts = {"num_clusters": 20, "epoch_size": 640, "batch_size": 64, "pca_dim": 16, "kmeans_iterations": 5}
+    out = tmp_path / "dc"
+    unsup.pretrain("deepcluster", data=fm_small, budget="1920", out=out, quiet=True, options=opts, monitor=False, figures=False)
+    logs = [m for m in RunDir(out).metrics() if "loss" in m]
+    assert logs and all(0 < m["pseudo_acc"] <= 1 for m in logs)
+    # re-clustering: a method object re-clusters at each epoch start and resets its head
+    m = DeepCluster(DeepClusterConfig(num_clusters=10, pca_dim=8, kmeans_iterations=3), (1, 28, 28))
+    data = unsup.data.load(fm_small, "train").subset(torch.arange(300))
+    w0 = m.head.weight.detach().clone()
+    m.on_epoch_start(data, 0)
+    assert not torch.equal(w0, m.head.weight)
+    assert len(m._labels) == 300 and int(m._labels.max()) < 10
+    assert (torch.bincount(m._labels, minlength=10) > 0).all()  # no empty cluster survives
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(UnsupError, match="patch size 9 is larger than its 8x8 input"):
+        ConvClustering(ConvClusteringConfig(patch_sizes=(9, 3)), (1, 8, 8))
+    with pytest.raises(UnsupError, match="patch size 5 is larger than its 2x2 input"):
+        ConvClustering(ConvClusteringConfig(patch_sizes=(3, 5)), (1, 6, 6))
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, images=np.full((40, 28, 28), 7, np.uint8), labels=np.arange(40) % 2)
+    for method in ("conv-clustering", "kmeans"):
+        with pytest.raises(UnsupError, match="constant"):
+            unsup.pretrain(method, data=str(flat), budget="40", out=tmp_path / method, quiet=True, monitor=False)
+    few = tmp_path / "few.npz"
+    np.savez(few, images=np.random.default_rng(0).integers(0, 255, (40, 28, 28), dtype=np.uint8))
+    with pytest.raises(UnsupError, match="centroids need at least"):
+        unsup.pretrain("kmeans", data=str(few), budget="40", out=tmp_path / "k", quiet=True, monitor=False,
+                       options={"num_patches": 50, "num_centroids": 64})
+    with pytest.raises(UnsupError, match="100 clusters need at least that many images"):
+        unsup.pretrain("deepcluster", data=str(few), budget="64", out=tmp_path / "d", quiet=True, monitor=False,
+                       options={"batch_size": 16})

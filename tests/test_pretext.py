@@ -1,0 +1,190 @@
+"""Pretext tasks: the task generators are right (geometry, targets), bad
+geometry is refused with the sizes, a task is learnt above chance, and the
+stereo renderer / selection layer / motorcycle pair agree with each other."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import unsup
+from unsup.data import load
+from unsup.data.stereo import check_pair, motorcycle_pair, render_stereo, right_grid_disparity, texture_bank
+from unsup.errors import UnsupError
+from unsup.methods.pretext.context import Context, ContextConfig
+from unsup.methods.pretext.cooccurrence import Cooccurrence, CooccurrenceConfig
+from unsup.methods.pretext.exemplar import Exemplar, ExemplarConfig
+from unsup.methods.pretext.jigsaw import Jigsaw, JigsawConfig, hamming_permutations
+from unsup.methods.pretext.patches import gather_patches
+from unsup.methods.pretext.rotation import Rotation, RotationConfig, rotate
+from unsup.methods.pretext.stereo import Stereo, StereoConfig, select, shifted_stack
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def fm(fm_small):
+    return load(fm_small, "train")
+
+
+def test_hamming_permutations_are_distinct_and_far_apart():
+    p = hamming_permutations(100)
+    assert p.shape == (100, 9)
+    assert len({tuple(r.tolist()) for r in p}) == 100
+    assert (p.sort(1).values == torch.arange(9)).all()  # each row a permutation
+    d = (p[:, None] != p[None]).sum(-1).float()
+    greedy = d.sum() / (100 * 99)
+    g = torch.Generator().manual_seed(1)
+    r = torch.stack([torch.randperm(9, generator=g) for _ in range(100)])
+    rand = (r[:, None] != r[None]).sum(-1).float().sum() / (100 * 99)
+    assert greedy > rand  # the greedy choice spreads the set out
+    assert torch.equal(p, hamming_permutations(100))  # deterministic
+
+
+def test_gather_patches_matches_slicing():
+    x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
+    top, left = torch.tensor([[0, 4], [2, 5]]), torch.tensor([[1, 3], [6, 0]])
+    p = gather_patches(x, top, left, 4)
+    assert p.shape == (2, 2, 3, 4, 4)
+    for b in range(2):
+        for k in range(2):
+            t, l_ = int(top[b, k]), int(left[b, k])
+            assert torch.equal(p[b, k], x[b, :, t : t + 4, l_ : l_ + 4])
+
+
+def test_jigsaw_tiles_and_targets(fm):
+    torch.manual_seed(0)
+    exact = Jigsaw(JigsawConfig(tile_frac=1.0, crop_frac=1.0, normalise_tiles=False), SHAPE)
+    x = fm.images[:4]
+    tiles = exact.tiles(x)  # no gaps, no jitter: the tiles reassemble the resized image
+    c = exact.cell
+    board = tiles.view(4, 3, 3, 1, c, c).permute(0, 3, 1, 4, 2, 5).reshape(4, 1, 3 * c, 3 * c)
+    resized = torch.nn.functional.interpolate(x.float() / 255, size=(exact.size, exact.size), mode="bilinear", align_corners=False)
+    assert torch.allclose(board, resized[..., : 3 * c, : 3 * c], atol=0.05)
+    m = Jigsaw(JigsawConfig(permutations=10), SHAPE)
+    shuffled, target = m.make_task(x)
+    assert shuffled.shape == (4, 9, 1, m.tile, m.tile) and m.tile < m.cell  # gaps
+    assert target.max() < 10
+    # per-tile normalisation: each tile has mean 0.5 after it
+    assert torch.allclose(shuffled.mean((2, 3, 4)), torch.full((4, 9), 0.5), atol=1e-4)
+    # the encoder still takes whole images at probe time
+    assert m.encoder(x.float() / 255).shape == (4, m.encoder.out_dim)
+
+
+def test_bad_geometry_is_refused_with_sizes():
+    with pytest.raises(UnsupError, match=r"48x48"):
+        Context(ContextConfig(patch_frac=0.4), SHAPE)
+    with pytest.raises(UnsupError, match=r"tile"):
+        Jigsaw(JigsawConfig(size=20), SHAPE)
+    with pytest.raises(UnsupError, match="permutations"):
+        Jigsaw(JigsawConfig(permutations=0), SHAPE)
+    with pytest.raises(UnsupError, match="surrogate"):
+        Exemplar(ExemplarConfig(surrogate_classes=50), SHAPE).choose_seeds(torch.zeros(10, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(UnsupError, match=r"\(1, 1, 20, 30\).*\(1, 1, 20, 31\)"):
+        check_pair(torch.zeros(1, 1, 20, 30), torch.zeros(1, 1, 20, 31))
+    with pytest.raises(UnsupError, match="levels"):
+        Stereo(StereoConfig(levels=40, scene_size=48), SHAPE)
+
+
+def test_context_and_cooccurrence_pairs(fm):
+    m = Context(ContextConfig(normalise_patches=False, jitter_frac=0.0), SHAPE)
+    which = torch.arange(8)
+    pairs, target = m.pairs(fm.images[:8], which)
+    assert torch.equal(target, which) and pairs.shape == (8, 2, 1, m.geo.patch, m.geo.patch)
+    a, b, _ = m.geo.sample(8, "cpu", which)
+    from unsup.methods.pretext.patches import NEIGHBOURS
+
+    assert torch.equal((b - a) // m.geo.step, NEIGHBOURS)  # the neighbour is where the label says
+    assert m.geo.gap > 0
+    co = Cooccurrence(CooccurrenceConfig(), SHAPE)
+    inputs, target = co.make_task(fm.images[:64])
+    assert inputs.shape[:2] == (64, 2) and set(target.tolist()) == {0, 1}
+
+
+def test_rotation_task():
+    x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    out = rotate(x.repeat(4, 1, 1, 1), torch.arange(4).repeat_interleave(2))
+    for k in range(4):
+        assert torch.equal(out[2 * k : 2 * k + 2], x.rot90(k, (2, 3)))
+    m = Rotation(RotationConfig(flip=0.0), SHAPE)
+    inputs, target = m.make_task(torch.randint(0, 255, (3, 1, 28, 28), dtype=torch.uint8))
+    assert inputs.shape == (12, 1, 28, 28) and target.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+
+
+def test_exemplar_seeds_follow_the_gradient():
+    imgs = torch.zeros(40, 1, 28, 28, dtype=torch.uint8)
+    imgs[:, :, :, 14:] = (torch.rand(40, 1, 28, 14) * 255).to(torch.uint8)  # texture on the right half only
+    m = Exemplar(ExemplarConfig(surrogate_classes=40, patch_frac=0.34), SHAPE)
+    m.choose_seeds(imgs)
+    assert m.seeds.shape == (40, 1, 10, 10)
+    assert (m.seeds.float().std((1, 2, 3)) > 20).float().mean() > 0.9  # seeds from the textured half
+    inputs, target = m.make_task(imgs[:16])
+    assert inputs.shape == (16, 1, 10, 10) and target.max() < 40 and 0 <= inputs.min() and inputs.max() <= 1
+
+
+def test_context_task_is_learnt_above_chance(fm):
+    torch.manual_seed(0)
+    m = Context(ContextConfig(), SHAPE)
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    train = fm.images[:2000]
+    losses = []
+    for _step in range(50):
+        loss, _ = m.training_loss(train[torch.randint(0, len(train), (64,))])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2
+    acc = m.pretext_accuracy(fm.images[2000:2512])
+    assert acc > 0.3  # chance is 1/8
+
+
+def test_stereo_rendering_and_selection(fm):
+    torch.manual_seed(0)
+    left, right, disp = render_stereo(fm.images[:16], texture_bank(), 48, 16, 2)
+    assert left.shape == right.shape == disp.shape == (16, 1, 48, 48)
+    assert disp.min() >= 0 and disp.max() <= 15
+    # the selection layer with the true disparity (one-hot) reconstructs the right view much better than no shift
+    onehot = torch.nn.functional.one_hot(disp[:, 0].round().long(), 16).permute(0, 3, 1, 2).float()
+    assert (select(left, onehot) - right).abs().mean() < 0.5 * (left - right).abs().mean()
+    assert torch.equal(shifted_stack(left, 3)[:, 2, ..., :-2], left[..., 2:])
+
+
+def test_motorcycle_pair_and_right_grid():
+    left, right, disp = motorcycle_pair(4)
+    assert left.shape == right.shape == disp.shape == (1, 1, 125, 185)
+    ok = torch.isfinite(disp)
+    assert ok.float().mean() > 0.8 and 1 < disp[ok].min() and disp[ok].max() < 16
+    d = torch.full((1, 1, 1, 10), 2.0)
+    r = right_grid_disparity(d)
+    assert torch.isnan(r[..., 8:]).all() and (r[..., :8] == 2).all()  # a pixel at x is seen at x - 2
+
+
+def test_stereo_pretrain_cli_path_works(tmp_path):
+    run = unsup.pretrain("stereo", data="fashion-mnist", budget="64", out=tmp_path / "s", quiet=True, monitor=False,
+                         options={"batch_size": 32})
+    assert (run / "encoder.safetensors").is_file() and (run / "figures" / "stereo_motorcycle.png").is_file()
+    enc = unsup.load_encoder(run)
+    assert enc(torch.rand(2, 1, 28, 28)).shape == (2, enc.out_dim)
+    m = Stereo(StereoConfig(), SHAPE)
+    metrics, pred, exp_disp = m.motorcycle()
+    assert set(metrics) >= {"l1_prediction", "l1_no_shift", "l1_best_global_shift", "spearman"}
+    assert metrics["l1_best_global_shift"] < metrics["l1_no_shift"]
+    assert pred.shape == (1, 1, 125, 185) and exp_disp.shape == (1, 1, 125, 185)
+
+
+@pytest.mark.parametrize("cls", [Jigsaw, Cooccurrence, Exemplar, Rotation])
+def test_each_task_gives_a_finite_loss_and_gradients(cls, fm):
+    cfg = cls.Config()
+    if cls is Exemplar:
+        cfg.surrogate_classes = 100
+    m = cls(cfg, SHAPE)
+    if cls is Exemplar:
+        with pytest.raises(UnsupError, match="choose_seeds"):
+            m.training_loss(fm.images[:8])
+        m.on_epoch_start(fm, 0)
+    loss, logs = m.training_loss(fm.images[:8])
+    loss.backward()
+    assert torch.isfinite(loss) and 0 <= logs["pretext_acc"] <= 1
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())

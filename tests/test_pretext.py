@@ -188,3 +188,20 @@ def test_each_task_gives_a_finite_loss_and_gradients(cls, fm):
     loss.backward()
     assert torch.isfinite(loss) and 0 <= logs["pretext_acc"] <= 1
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())
+
+
+def test_patch_tasks_keep_whole_image_batchnorm_statistics(fm):
+    from unsup.methods.pretext.task import stats_frozen
+
+    m = Context(ContextConfig(), SHAPE)
+    bn = m.encoder.net.features[0][1]
+    before = bn.running_mean.clone()
+    with stats_frozen(m.encoder):
+        m.logits(m.make_task(fm.images[:16])[0])
+    assert torch.equal(bn.running_mean, before)  # the patch pass records nothing
+    assert bn.momentum == 0.1  # and the momentum is restored
+    m.training_loss(fm.images[:16])
+    assert not torch.equal(bn.running_mean, before)  # the whole-image pass did
+    scaled = Jigsaw(JigsawConfig(probe_at_working_scale=True), SHAPE)
+    assert scaled.encoder(torch.rand(2, 1, 28, 28)).shape == (2, scaled.encoder.out_dim)
+    assert scaled.encoder.net.working == 48

@@ -124,8 +124,8 @@ def test_video_lstm_learns_and_predicts():
 
 
 def test_prednet_learns_and_layer_weights():
-    m, v, losses = _train("prednet", 25, stack=(4, 8), r_stack=(4, 4, 8), train_frames=6)
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
+    m, v, losses = _train("prednet", 20, stack=(4, 8), r_stack=(4, 4, 8), train_frames=6)
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3])
     assert m.layer_weights == (1.0, 0.0, 0.0)
     assert get_method("prednet")(get_method("prednet").Config(stack=(4, 8), r_stack=(4, 4, 8), loss="Lall"), (1, 32, 32)).layer_weights == (1.0, 0.1, 0.1)
     assert m.encoder(torch.rand(3, 1, 32, 32)).shape == (3, 2 * (4 + 4 + 8))
@@ -144,25 +144,27 @@ def test_prednet_online_learns_only_when_error_is_high():
     cls = get_method("prednet")
     torch.manual_seed(0)
     m = cls(cls.Config(stack=(4, 8), r_stack=(4, 4, 8)), (1, 32, 32))
-    a = _small_video(frames=40, n=4, seed=1)
-    b = moving(_objects(seed=3), "train", n=4, seed=2, frames=30, size=32, speed=4.0)
+    a = _small_video(frames=30, n=4, seed=1)
+    bright = ImageDataset("bright", torch.full((8, 1, 14, 14), 255, dtype=torch.uint8), None)  # a new kind of object
+    b = moving(bright, "train", n=4, seed=2, frames=20, size=32, speed=4.0)
     stream = [a.images[slice(0, 4)], b.images[slice(0, 4)]]
     opt = torch.optim.Adam(m.parameters(), 3e-3)
     every = m.learn_online(iter(stream), opt, gated=False, window=2)
-    assert sum(every["learned"]) == 70 - 1  # every frame with a full window behind it
+    assert sum(every["learned"]) == 50 - 1  # every frame with a full window behind it
     m2 = cls(cls.Config(stack=(4, 8), r_stack=(4, 4, 8)), (1, 32, 32))
     gated = m2.learn_online(iter(stream), torch.optim.Adam(m2.parameters(), 3e-3), gated=True, window=2, threshold=1.2)
     assert 0 < sum(gated["learned"]) < sum(every["learned"])
-    assert len(gated["error"]) == 70 and all(np.isfinite(gated["error"]))
+    assert sum(gated["learned"][30:]) > sum(gated["learned"][:30])  # the change switches learning on
+    assert len(gated["error"]) == 50 and all(np.isfinite(gated["error"]))
 
 
 def test_pretrain_then_probe_flow(fm_small, tmp_path):
     import unsup
 
-    run = unsup.pretrain("prednet", data=f"moving:{fm_small}", budget="4", out=tmp_path / "run", quiet=True,
+    run = unsup.pretrain("prednet", data=f"moving:{fm_small}", budget="4", out=tmp_path / "run", quiet=True, monitor=False,
                          options={"batch_size": 2, "stack": [4, 8, 8], "r_stack": [4, 4, 8, 8], "train_frames": 3})
     assert (run / "figures" / "predictions.png").is_file()
-    r = unsup.probe_run(run, budgets=(10,), seeds=1, supervised=False)
+    r = unsup.probe_run(run, budgets=(10,), seeds=1, references=False, supervised=False)
     assert r["dataset"].endswith("64x64") and r["encoder_dim"] == 2 * 24
     assert {row["classifier"] for row in r["results"]} >= {"knn", "linear"}
 

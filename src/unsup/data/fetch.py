@@ -66,7 +66,11 @@ def get_fashion_mnist(quiet: bool = False) -> Path:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         if not quiet:
             print(f"installing the Debian package {DEBIAN_PACKAGE} ...")
-        done = subprocess.run(["apt-get", "install", "-y", DEBIAN_PACKAGE], check=False, capture_output=True, text=True)
+        install = ["apt-get", "install", "-y", "--no-install-recommends", DEBIAN_PACKAGE]
+        done = subprocess.run(install, check=False, capture_output=True, text=True)
+        if done.returncode != 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update"], check=False, capture_output=True, text=True)
+            done = subprocess.run(install, check=False, capture_output=True, text=True)
         if done.returncode == 0:
             return find_fashion_mnist()
     target = cache_dir() / "fashion-mnist"

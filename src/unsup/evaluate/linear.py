@@ -12,8 +12,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
-DEFAULT_L2 = 1e-3
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+DEFAULT_L2 = 1e-2
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, max_iter: int = 100) -> tuple[torch.Tensor, torch.Tensor]:

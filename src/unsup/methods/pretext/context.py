@@ -16,6 +16,9 @@ Fashion-MNIST images fill their frame, so the 3x3 layout spans the image: a
 patches are 11 pixels (patch_frac 0.23) with a 6-pixel gap and 1 pixel of
 jitter. The patch encoder is the shared backbone with global pooling, so at
 probe time it takes whole images.
+Its batch-norm statistics are recorded on whole images (``task.py``), and
+``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
+(the scale its filters were trained at; off by default: 3x the probe cost).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class ContextConfig(PretextTask.Config):
     gap_frac: float = 0.5  # gap / patch side (48/96 in the paper)
     jitter_frac: float = 7 / 96  # jitter / patch side
     normalise_patches: bool = True
-    probe_at_working_scale: bool = True  # whole images are resized to `size` in the encoder
+    probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
     hidden: int = 512
     lr: float = 2e-3
     batch_size: int = 256

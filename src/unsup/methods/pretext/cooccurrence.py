@@ -17,6 +17,9 @@ small jitter. A 28x28 image is resized to 48x48 (``size``; 0 = auto: max(48,
 native)), giving 11-pixel patches; on STL-10 (96x96) the same fractions give
 22-pixel patches. The patch encoder is the shared backbone with global pooling,
 so at probe time it takes whole images.
+Its batch-norm statistics are recorded on whole images (``task.py``), and
+``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
+(the scale its filters were trained at; off by default: 3x the probe cost).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class CooccurrenceConfig(PretextTask.Config):
     gap_frac: float = 0.5
     jitter_frac: float = 7 / 96
     normalise_patches: bool = True
-    probe_at_working_scale: bool = True  # whole images are resized to `size` in the encoder
+    probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
     hidden: int = 512
     lr: float = 2e-3
     batch_size: int = 256

@@ -17,6 +17,9 @@ tiles of 64 pixels inside them (tile_frac 64/75). A 28x28 Fashion-MNIST image
 is cropped, then resized to 48x48 (``size``; 0 = auto: max(48, native), so
 STL-10 keeps 96): cells of 16 and tiles of 14 pixels. The tile encoder is the
 shared backbone with global pooling, so at probe time it takes whole images.
+Its batch-norm statistics are recorded on whole images (``task.py``), and
+``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
+(the scale its filters were trained at; off by default: 3x the probe cost).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class JigsawConfig(PretextTask.Config):
     tile_frac: float = 64 / 75  # tile side / cell side; 1.0 = no gap, no jitter (the ablation)
     permutations: int = 100
     normalise_tiles: bool = True
-    probe_at_working_scale: bool = True  # whole images are resized to `size` in the encoder
+    probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
     hidden: int = 512  # fc7, scaled from 4096
     lr: float = 2e-3
     batch_size: int = 128

@@ -18,6 +18,12 @@ predicted, its error monitored against its recent level, and a learning step
 error is high, so a change in the stream switches learning on and a familiar
 stream costs no updates.
 
+Two departures, both for sparse grey frames: R_0 has 8 channels, not the
+frame's 1 (one channel cannot hold a frame and its motion), and the pixel
+prediction's ReLU leaks (slope 0.01 below 0, still clipped at 1): on mostly
+black frames the L1 error units push every pixel prediction below zero in the
+first steps and a plain ReLU then stays dead, predicting blank frames forever.
+
 Scaled from the paper's KITTI model (4 layers, 3/48/96/192 channels,
 128x160 frames) to 4 layers of 1/16/32/64 channels on 64x64 frames; trained
 on 10-frame windows of the 20-frame sequences, as the paper trained on
@@ -37,7 +43,7 @@ from torch import nn
 
 from ...data.augment import to_float
 from ...errors import UnsupError
-from ...nets import Encoder
+from ...nets import BACKBONES, MIN_SIZE, Encoder
 from ...nets.convlstm import ConvLSTMCell
 from ...registry import register
 from .common import VideoConfig, VideoMethod
@@ -123,6 +129,11 @@ class PredNetFeatures(nn.Module):
             _pred, _err, state = self.prednet.step(x, state)
         rs = [h for h, _c in state[0]]
         return torch.cat([torch.cat([r.mean((2, 3)), r.amax((2, 3))], 1) for r in rs], 1)
+
+
+# the supervised reference of `unsup probe` builds the same network by name
+BACKBONES.setdefault("prednet", lambda c: PredNetFeatures(PredNetNet(c, PredNetConfig.stack, PredNetConfig.r_stack), PredNetConfig.probe_steps))
+MIN_SIZE.setdefault("prednet", 16)
 
 
 def prednet_loss(errors_per_t: list[list[torch.Tensor]], layer_weights, first_weight: float = 0.0) -> torch.Tensor:

@@ -148,7 +148,7 @@ def report(command: str) -> None:
         f"subsets of {PROBE_TRAIN} training / {PROBE_TEST} test images (seed 0); the random encoder is the same "
         "small convnet with fresh weights, on the same splits."),
         "",
-        "| run | budget (images) | pretext acc train / test (chance) | " + " | ".join(keys) + " | beats random at 10 and 100 |",
+        "| run | images seen | pretext acc train / test (chance) | " + " | ".join(keys) + " | beats random at 10 and 100 |",
         "|---|---|---|" + "---|" * len(keys) + "---|",
         "| random encoder (same small convnet, fresh weights) | - | - | "
         + " | ".join(fmt(ref["random_encoder"][k]) for k in keys) + " | - |",
@@ -163,7 +163,9 @@ def report(command: str) -> None:
         acc = f"{100 * p['pretext_acc_train']:.1f}" + (f" / {100 * test_acc:.1f}" if test_acc is not None else "")
         acc += f" ({100 * chance:.1f})" if chance else " (pixels within 1 level; ~12)"
         opts = " " + ",".join(f"{k}={v}" for k, v in p["options"].items()) if p["options"] else ""
-        lines.append(f"| {p['label']}{opts} | {p['budget']} | {acc} | " + " | ".join(fmt(pr[k]) for k in keys)
+        done = [r for r in RunDir(OUT / "runs" / p["label"]).metrics() if r.get("event") == "done"]
+        seen = done[-1]["images_seen"] if done else p["budget"]
+        lines.append(f"| {p['label']}{opts} | {seen} | {acc} | " + " | ".join(fmt(pr[k]) for k in keys)
                      + f" | {'yes' if beats else 'NO'} |")
     st = next((p for p in parts if p["method"] == "stereo"), None)
     if st:

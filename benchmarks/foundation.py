@@ -9,6 +9,7 @@ Writes benchmarks/results/foundation.md and foundation.json.
 from __future__ import annotations
 
 import argparse
+import sys
 import datetime
 import json
 import platform
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 import unsup
+import unsup.run
 from unsup.data import AugmentConfig, augment, load
 from unsup.evaluate import random_encoder_rows, raw_pixel_rows
 from unsup.methods.joint.simclr import SimCLR, SimCLRConfig
@@ -56,6 +58,8 @@ def main() -> None:
     ap.add_argument("--simclr-budget", default="10m")
     ap.add_argument("--dae-budget", default="60k")
     ap.add_argument("--skip", default="")
+    ap.add_argument("--reuse", action="store_true", help="probe finished runs in bench-out/foundation instead of retraining")
+    ap.add_argument("--tag", default="foundation", help="name of the results files")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
@@ -67,10 +71,15 @@ def main() -> None:
         if name in skip:
             continue
         t0 = time.perf_counter()
-        run = unsup.pretrain(name, budget=budget, out=RUNS / name, overwrite=True, quiet=True)
+        if args.reuse and (RUNS / name / "encoder.safetensors").is_file():
+            run = RUNS / name
+            seconds = next((m["pretrain_seconds"] for m in unsup.run.RunDir(run).metrics() if "pretrain_seconds" in m), None)
+        else:
+            run = unsup.pretrain(name, budget=budget, out=RUNS / name, overwrite=True, quiet=True)
+            seconds = None
         t1 = time.perf_counter()
         result = unsup.probe_run(run, budgets, seeds=3, supervised=False)
-        result["pretrain_seconds"], result["probe_seconds"] = t1 - t0, time.perf_counter() - t1
+        result["pretrain_seconds"], result["probe_seconds"] = seconds or (t1 - t0), time.perf_counter() - t1
         report[name] = result
         print(name, {n: fmt(result["results"], n) for n in budgets}, flush=True)
     if "throughput" not in skip:
@@ -83,9 +92,9 @@ def main() -> None:
         augment(x, AugmentConfig())
         report["throughput"]["augmentation 28x28 (img/s)"] = 4096 / (time.perf_counter() - t)
     OUT.mkdir(exist_ok=True)
-    (OUT / "foundation.json").write_text(json.dumps(report, indent=2, default=str))
+    (OUT / f"{args.tag}.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [f"# Foundation benchmark ({report['date']}, {report['machine']}, torch {report['torch']})", "",
-             "Command: `.venv/bin/python benchmarks/foundation.py`", "",
+             f"Command: `.venv/bin/python {' '.join(sys.argv)}`", "",
              "Linear probe accuracy (%), mean ± std over 3 seeds (1 for all):", "",
              "| encoder | budget | 1 | 10 | 100 | all | k-NN 100 |", "|---|---|---|---|---|---|---|"]
     lines.append("| raw pixels | - | " + " | ".join(fmt(report["raw_pixels"], n) for n in budgets) + f" | {fmt(report['raw_pixels'], 100, 'knn')} |")
@@ -98,7 +107,7 @@ def main() -> None:
             lines.append(f"| random {name} | - | " + " | ".join(fmt(rnd, n) for n in budgets) + f" | {fmt(rnd, 100, 'knn')} |")
     if "throughput" in report:
         lines += ["", "Throughput:", ""] + [f"- {k}: {v:.0f}" for k, v in report["throughput"].items()]
-    (OUT / "foundation.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

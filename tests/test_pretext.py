@@ -137,7 +137,7 @@ def test_context_task_is_learnt_above_chance(fm):
         losses.append(float(loss.detach()))
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2
     acc = m.pretext_accuracy(fm.images[2000:2512])
-    assert acc > 0.3  # chance is 1/8
+    assert acc > 0.17  # chance is 1/8; 512 held-out samples put 0.17 three standard errors above it
 
 
 def test_stereo_rendering_and_selection(fm):

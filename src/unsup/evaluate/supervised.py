@@ -63,7 +63,10 @@ def supervised_accuracy(train, test, per_class, seed: int, budget, backbone: str
     idx = few_label_indices(train.labels, per_class, seed)
     labelled = train.subset(idx).to(device)
     torch.manual_seed(seed)
-    model = Supervised(SupervisedConfig(backbone=backbone), train.shape, train.num_classes).to(device)
+    # a batch no larger than the labelled set (at least 32): the budget is
+    # images seen, and tiny sets then get more optimiser steps, not duplicates
+    batch = int(min(256, max(32, len(idx))))
+    model = Supervised(SupervisedConfig(backbone=backbone, batch_size=batch), train.shape, train.num_classes).to(device)
     train_loop(model, labelled, budget, TrainContext(device=torch.device(device), quiet=quiet, seed=seed, desc=f"supervised {per_class}/class"))
     model.eval()
     feats = extract_features(nn.Sequential(model.encoder, model.head), test.images, device)

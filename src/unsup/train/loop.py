@@ -34,7 +34,7 @@ class TrainContext:
     seed: int = 0
     checkpoint_every: float = 180.0  # seconds
     monitor_every: float = 60.0  # seconds
-    log_every: int = 20  # steps
+    log_every: int = 10  # steps
     monitor: object | None = None  # a KnnMonitor, or None
     desc: str = "pretrain"
 

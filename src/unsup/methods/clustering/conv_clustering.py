@@ -36,7 +36,7 @@ from ...errors import UnsupError
 from ...registry import register
 from ...train import distributed as dist
 from ..base import Method, MethodConfig
-from .kmeans_core import assign, kmeans
+from .kmeans_core import assign, kmeans, triangle
 
 
 @dataclass
@@ -92,10 +92,7 @@ class ClusterLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         r, oh, ow = self.rows(x)
-        c = self.centroids
-        z = torch.baddbmm((c * c).sum(-1)[:, None], r, c.transpose(1, 2), alpha=-2.0)
-        z.add_((r * r).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
-        f = z.sub_(z.mean(-1, keepdim=True)).neg_().relu_()  # triangle within each group
+        f = triangle(r, self.centroids)  # within each group
         return f.view(-1, b, oh, ow, self.k).permute(1, 0, 4, 2, 3).reshape(b, -1, oh, ow)
 
 

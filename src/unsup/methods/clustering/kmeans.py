@@ -24,7 +24,7 @@ from ...errors import UnsupError
 from ...registry import register
 from ...train import distributed as dist
 from ..base import Method, MethodConfig
-from .kmeans_core import kmeans
+from .kmeans_core import kmeans, triangle
 
 
 @dataclass
@@ -75,11 +75,7 @@ class PatchTriangleEncoder(nn.Module):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         rows, oh, ow = self.whitened_patches(x)
-        c = self.centroids
-        z = torch.addmm((c * c).sum(1), rows, c.T, alpha=-2.0)
-        z.add_((rows * rows).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
-        f = z.sub_(z.mean(1, keepdim=True)).neg_().relu_()  # the triangle: max(0, mean(z) - z)
-        f = f.view(b, oh, ow, -1)
+        f = triangle(rows, self.centroids).view(b, oh, ow, -1)
         hh, hw = oh // 2, ow // 2
         quads = [f[:, :hh, :hw], f[:, :hh, hw:], f[:, hh:, :hw], f[:, hh:, hw:]]
         return torch.cat([q.sum((1, 2)) for q in quads], 1)

@@ -135,3 +135,14 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None
                 centroids[empty] = lay.rows(gidx[pick] if gidx is not None else pick)
                 counts[empty] = 0
     return centroids
+
+
+def triangle(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Coates et al.'s "triangle" activation f_k = max(0, mean(z) - z_k), z the
+    distances of each row to the centroids; (..., N, D) x (..., K, D) -> (..., N, K).
+    In place after the matmul: the (rows x centroids) matrix is the whole cost."""
+    c = centroids
+    z = torch.baddbmm((c * c).sum(-1)[..., None, :], rows, c.transpose(-1, -2), alpha=-2.0) if rows.ndim == 3 \
+        else torch.addmm((c * c).sum(-1), rows, c.T, alpha=-2.0)
+    z.add_((rows * rows).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
+    return z.sub_(z.mean(-1, keepdim=True)).neg_().relu_()

@@ -39,7 +39,7 @@ def test_nt_xent_matches_definition():
 
 
 def test_kmeans_beats_random_centroids(fm_small, tmp_path):
-    opts = {"num_centroids": 256, "num_patches": 50000, "iterations": 5}
+    opts = {"num_centroids": 256, "num_patches": 50000, "iterations": 5, "pool_grid": 2}
     run = unsup.pretrain("kmeans", data=fm_small, budget="3000", out=tmp_path / "km", options=opts, quiet=True)
     assert (run / "figures" / "filters.png").is_file()
     method = unsup.load_method(run)

@@ -70,3 +70,16 @@ def test_supervised_reference_learns_and_is_cached(fm_small):
     assert json.loads(cache.read_text())["accuracy"] == pytest.approx(acc)
     cache.write_text(json.dumps({"accuracy": 0.123}))
     assert supervised_accuracy(train, test, 10, seed=0, budget="4000") == pytest.approx(0.123)  # not trained twice
+
+
+def test_large_labelled_sets_search_l2_on_a_subset_and_rescale(monkeypatch):
+    import unsup.evaluate.linear as linear
+
+    monkeypatch.setattr(linear, "CV_SUBSET", 200)
+    x, y = blobs(100, spread=0.5)  # 400 labelled images, over the (patched) subset size
+    seen = []
+    real = linear._folds
+    monkeypatch.setattr(linear, "_folds", lambda yy, seed: seen.append(len(yy)) or real(yy, seed))
+    l2 = linear.choose_l2(x, y, 4)
+    assert seen == [200]  # the grid search saw the subset only
+    assert any(abs(l2 - g * 200 / 400) < 1e-12 for g in L2_GRID)

@@ -26,7 +26,7 @@ from .linear import linear_probe_accuracy
 
 DEFAULT_BUDGETS = (1, 10, 100, "all")
 # bump when the protocol changes, so cached references are recomputed
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 def reference_cache() -> Path:

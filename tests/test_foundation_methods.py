@@ -75,3 +75,20 @@ def test_simclr_loss_falls(fm_small, tmp_path):
     losses = [m["loss"] for m in unsup.run.RunDir(run).metrics() if "loss" in m]
     assert all(math.isfinite(x) for x in losses)
     assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.1
+
+
+@pytest.mark.parametrize("grid", [2, 3])
+def test_kmeans_pooling_sums_each_region_of_the_map(grid):
+    from unsup.methods.clustering.kmeans import PatchTriangleEncoder
+    from unsup.methods.clustering.kmeans_core import triangle
+
+    torch.manual_seed(0)
+    enc = PatchTriangleEncoder(1, 6, 16, 10.0, grid)
+    enc.centroids.normal_()
+    x = torch.rand(3, 1, 28, 28)
+    rows, oh, ow = enc.whitened_patches(x)
+    f = triangle(rows, enc.centroids).view(3, oh, ow, -1)
+    cut = [oh * i // grid for i in range(grid + 1)]  # 23 rows: uneven regions
+    expected = torch.cat([f[:, cut[i] : cut[i + 1], cut[j] : cut[j + 1]].sum((1, 2)) for i in range(grid) for j in range(grid)], 1)
+    assert enc(x).shape == (3, grid * grid * 16)
+    assert torch.allclose(enc(x), expected, rtol=1e-4, atol=1e-3)

@@ -155,6 +155,7 @@ def test_prednet_online_learns_only_when_error_is_high():
     gated = m2.learn_online(iter(stream), torch.optim.Adam(m2.parameters(), 3e-3), gated=True, window=2, threshold=1.2)
     assert 0 < sum(gated["learned"]) < sum(every["learned"])
     assert sum(gated["learned"][30:]) > sum(gated["learned"][:30])  # the change switches learning on
+    assert not any(gated["learned"][:20]) and len(gated["level"]) == 50  # no gated step while the level is being measured
     assert len(gated["error"]) == 50 and all(np.isfinite(gated["error"]))
 
 

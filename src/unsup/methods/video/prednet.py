@@ -203,14 +203,19 @@ class PredNet(VideoMethod):
 
     # --- online learning -------------------------------------------------
     def learn_online(self, chunks, optimizer, gated: bool = True, threshold: float = 1.25, window: int = 4,
-                     rise: float = 0.005, fall: float = 0.1, warmup: int = 20) -> dict:
+                     rate: float = 0.05, rise: float = 0.002, smooth: int = 3, warmup: int = 20) -> dict:
         """Consume a stream: ``chunks`` yields uint8 frames (S, t, C, H, W) of S
         parallel streams. Each frame is predicted before it is seen; its error
-        (squared error summed over the frame, mean over streams) is compared with
-        the recent level, a low envelope that falls fast and rises slowly. When
-        ``gated``, a learning step is taken only while error > threshold x level
-        (always when not gated): back-propagation through the last ``window``
-        frames from the state before them. Returns per-frame error and updates."""
+        (squared error summed over the frame, mean over streams), averaged over
+        the last ``smooth`` frames, is compared with the recent level: the mean
+        error of the first ``warmup`` frames, then a running mean (rate
+        ``rate``) over the frames that needed no learning, creeping up only
+        slowly (rate ``rise``) while learning, so a lasting change keeps
+        learning on until the error is back near the level it had before. When
+        ``gated``, a learning step is taken only while the smoothed error >
+        threshold x level (always when not gated): back-propagation through the
+        last ``window`` frames from the state before them. Returns per-frame
+        error, updates and level."""
         state, frames, states = None, collections.deque(maxlen=window), collections.deque(maxlen=window)
         errors, learned, levels = [], [], []
         level = None
@@ -227,9 +232,11 @@ class PredNet(VideoMethod):
                     pred, _e, state = self.prednet.step(f, state)
                 err = float((pred - f).pow(2).sum((1, 2, 3)).mean())
                 t = len(errors)
-                if level is None or t < warmup:
-                    level = err if level is None else min(level, err) if t < warmup else level
-                high = err > threshold * level
+                errors.append(err)
+                recent = sum(errors[-smooth:]) / len(errors[-smooth:])
+                if t < warmup:  # the first frame (nothing to predict from) is left out of the level
+                    level = recent if t == 0 else sum(errors[1:]) / t
+                high = t >= warmup and recent > threshold * level
                 learn = (high or not gated) and t > 0 and len(frames) == window
                 if learn:
                     s = tuple(([(h.detach(), c.detach()) for h, c in states[0][0]], [e.detach() for e in states[0][1]]))
@@ -241,9 +248,8 @@ class PredNet(VideoMethod):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                if t >= warmup:  # the recent level: a low envelope
-                    level += (fall if err < level else rise) * (err - level)
-                errors.append(err)
+                if t >= warmup:  # the recent level: follows the familiar error, creeps up while learning
+                    level += (rise if high else rate) * (err - level)
                 learned.append(bool(learn))
                 levels.append(level)
         return {"error": errors, "learned": learned, "level": levels}

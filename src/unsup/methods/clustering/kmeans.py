@@ -53,9 +53,9 @@ def normalise_patches(p: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class PatchTriangleEncoder(nn.Module):
-    """Dense whitened patches -> triangle activation against centroids -> quadrant sum pooling."""
+    """Dense whitened patches -> triangle activation against centroids -> sum pooling over a grid of regions."""
 
-    def __init__(self, in_channels: int, patch_size: int, num_centroids: int, norm_eps: float, pool_grid: int = 2):
+    def __init__(self, in_channels: int, patch_size: int, num_centroids: int, norm_eps: float, pool_grid: int):
         super().__init__()
         self.pool_grid = pool_grid
         d = in_channels * patch_size * patch_size
@@ -79,13 +79,14 @@ class PatchTriangleEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a few images at a time, in place: the (patches x centroids) distance
         # matrix is the whole cost and is memory-bound (measured 5x faster)
-        return torch.cat([self._features(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)])
+        p = self.patch_size
+        pool = self.pool_matrix(max(1, x.shape[2] - p + 1), max(1, x.shape[3] - p + 1), x.device)  # once per call
+        return torch.cat([self._features(x[i : i + self.chunk], pool) for i in range(0, len(x), self.chunk)])
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
+    def _features(self, x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
         rows, oh, ow = self.whitened_patches(x)
-        f = triangle(rows, self.centroids).view(b, oh * ow, -1)
-        return (self.pool_matrix(oh, ow, f.device) @ f).flatten(1)  # (b, regions * K), region-major
+        f = triangle(rows, self.centroids).view(x.shape[0], oh * ow, -1)
+        return (pool @ f).flatten(1)  # (b, regions * K), region-major
 
     def pool_matrix(self, oh: int, ow: int, device) -> torch.Tensor:
         """(regions, oh * ow) 0/1 membership of each map position in each of the

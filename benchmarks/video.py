@@ -6,12 +6,17 @@ PredNet's online mode over a stream that changes.
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python benchmarks/video.py [--methods M,...]
 
-Writes benchmarks/results/video.md.
+``--reuse`` keeps a finished pretraining of the same budget and options under
+--out; ``--online-only`` (with ``--methods prednet --reuse``) also keeps that
+run's probe and prediction numbers from its results JSON and reruns only the
+online section. Results of methods run in earlier processes are merged into
+the table. Writes benchmarks/results/video.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -29,6 +34,7 @@ from unsup.data import load
 from unsup.data.video import SPEED, moving, still_source
 from unsup.evaluate import probe
 from unsup.evaluate.video import prediction_metrics
+from unsup.registry import get_method
 from unsup.run import RunDir, build_method
 
 BUDGETS = {"video-lstm": "9600", "future-features": "3000", "prednet": "2000"}  # sequences seen (20 frames each)
@@ -42,6 +48,13 @@ def full_method(run: Path):
     m = build_method(rd.read_config())
     m.load_state_dict(rd.load_checkpoint()["method"])
     return m.eval()
+
+
+def options_match(saved: dict, name: str) -> bool:
+    """A run pretrained under other defaults (e.g. before a default changed) is
+    not reused; options the saved run does not name count as the default."""
+    current = json.loads(json.dumps(dataclasses.asdict(get_method(name).Config()), default=list))
+    return all(json.loads(json.dumps(saved.get(k, v), default=list)) == v for k, v in current.items())
 
 
 def balanced(ds, n: int, seed: int = 0):
@@ -117,7 +130,7 @@ def main():
     p.add_argument("--probe-test", type=int, default=2000)
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--before", type=int, default=60)
-    p.add_argument("--after", type=int, default=240)
+    p.add_argument("--after", type=int, default=400)
     p.add_argument("--after-speed", type=float, default=1.25, help="object speed after the change, x the pretraining speed")
     p.add_argument("--window", type=int, default=3)
     p.add_argument("--threshold", type=float, default=1.25)
@@ -125,6 +138,7 @@ def main():
     p.add_argument("--out", default="/tmp/unsup-video-bench")
     p.add_argument("--budget-scale", type=float, default=1.0)
     p.add_argument("--reuse", action="store_true", help="reuse a finished pretraining of the same budget under --out")
+    p.add_argument("--online-only", action="store_true", help="with --reuse: keep prednet's probe/prediction results, rerun online")
     args = p.parse_args()
     torch.manual_seed(0)
     test = load("moving-fashion-mnist", "test")
@@ -136,12 +150,25 @@ def main():
         t0 = time.perf_counter()
         run = Path(args.out) / name
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) if (run / "metrics.jsonl").is_file() else {}
-        if args.reuse and last.get("event") == "done" and last.get("images_seen", 0) >= int(budget):
+        same = (run / "config.yaml").is_file() and options_match(RunDir(run).read_config().get("options", {}), name)
+        if args.reuse and same and last.get("event") == "done" and last.get("images_seen", 0) >= int(budget):
             secs = last["pretrain_seconds"]  # pretrained earlier with this budget
         else:
             run = unsup.pretrain(name, data="fashion-mnist", budget=budget, out=run, quiet=True, overwrite=True, monitor=False)
             secs = time.perf_counter() - t0
         m = full_method(run)
+        old = Path(args.out, f"results-{name}.json")
+        if args.online_only and name == "prednet" and old.is_file():
+            r = json.loads(old.read_text())
+            tr = online(m, args)
+            ref = statistics.fmean(tr["none"]["error"][args.before - 30 : args.before])
+            r["online"] = {k: online_summary(v, args.before, ref) for k, v in tr.items()}
+            r["online_trace"] = {k: {"error": v["error"], "learned": v["learned"], "switches": v["switches"]} for k, v in tr.items()}
+            save_online_figure(tr, args.before, OUT.parent / "video_online.png")
+            results[name] = r
+            print(name, json.dumps(r["online"], default=str), flush=True)
+            old.write_text(json.dumps(r, default=str))
+            continue
         r = {"budget": budget, "pretrain_seconds": secs, "figures": sorted(str(q) for q in (run / "figures").glob("*.png"))}
         if (run / "figures" / "predictions.png").is_file():
             shutil.copy(run / "figures" / "predictions.png", OUT.parent / f"video_predictions_{name}.png")
@@ -156,7 +183,7 @@ def main():
             tr = online(m, args)
             ref = statistics.fmean(tr["none"]["error"][args.before - 30 : args.before])
             r["online"] = {k: online_summary(v, args.before, ref) for k, v in tr.items()}
-            r["online_trace"] = {k: {"error": v["error"], "learned": v["learned"]} for k, v in tr.items()}
+            r["online_trace"] = {k: {"error": v["error"], "learned": v["learned"], "switches": v["switches"]} for k, v in tr.items()}
             save_online_figure(tr, args.before, OUT.parent / "video_online.png")
         results[name] = r
         print(name, json.dumps({k: v for k, v in r.items() if k != "online_trace"}, default=str)[:3000], flush=True)
@@ -218,7 +245,8 @@ def write_md(results, args):
         o = results["prednet"]["online"]
         lines += ["", f"## PredNet online ({args.streams} parallel streams, {args.before} frames as in pretraining, then "
                   f"{args.after} frames of new sequences at {args.after_speed:g} x the speed; learning step = back-propagation through the last {args.window} frames; "
-                  f"gate: error > {args.threshold} x its recent level)", "",
+                  f"gate: on when the 10-frame mean error > {args.threshold} x the familiar level, level frozen while on, off when back "
+                  "within 1.1 x that level or after 100 frames without a 2% gain)", "",
                   "Prior error: the learner's mean error over the 30 frames before the change; level: the lower of that and the frozen "
                   "model's (no learning) prior, the level recovery is measured against.", "",
                   "| learning | prior error | level | spike (20-frame mean) | final error (last 30) | frames to recover (20-frame mean <= 1.2 x level for 20 frames) | updates to recover | updates after change | updates total |",
@@ -226,6 +254,9 @@ def write_md(results, args):
         for mode, v in o.items():
             lines.append(f"| {mode} | {v['prior']:.1f} | {v['level']:.1f} | {v['spike']:.1f} | {v['final']:.1f} | {v['recovered_at']} | {v['updates_to_recover']} | "
                          f"{v['updates_after_change']} | {v['updates_total']} |")
+        sw = results["prednet"].get("online_trace", {}).get("gated", {}).get("switches")
+        if sw:
+            lines += ["", "Gate switches (frame, event; the change is at frame " f"{args.before}): " + ", ".join(f"{t} {e}" for t, e in sw)]
     figs = [f"`{f.name}`" for f in sorted(OUT.parent.glob("video_*.png"))]
     if figs:
         lines += ["", f"Figures (next to this file): {', '.join(figs)}."]

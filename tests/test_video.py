@@ -175,3 +175,60 @@ def test_video_method_refuses_image_data():
         get_method("prednet").training_data("cifar-not-a-video.bin")
     assert get_method("video-lstm").training_data("fashion-mnist") == "moving-fashion-mnist"
     assert isinstance(load("moving-digits", "test"), VideoDataset)
+
+
+def test_lr_schedule_option_reaches_the_training_loop(tmp_path):
+    from unsup.run import RunDir
+    from unsup.train.loop import TrainContext, train_loop
+    from unsup.train.optim import lr_factor
+
+    assert lr_factor(0.5, 0.1, "constant") == 1.0 and lr_factor(0.05, 0.1, "constant") == pytest.approx(0.5)
+    assert lr_factor(0.5, 0.1) < 1.0  # cosine stays the default
+    with pytest.raises(UnsupError, match="schedule"):
+        lr_factor(0.5, 0.1, "step")
+    cls = get_method("video-lstm")
+    assert cls.Config().schedule == "cosine" and get_method("prednet").Config().schedule == "cosine"  # the default
+    v = _small_video(frames=8, n=16)
+    last = {}
+    for sched in ("cosine", "constant"):
+        torch.manual_seed(0)
+        m = cls(cls.Config(context=4, future=4, hidden=16, batch_size=4, warmup=0.25, schedule=sched), (1, 32, 32))
+        run = RunDir(tmp_path / sched)
+        run.path.mkdir(parents=True)
+        train_loop(m, v, "32", TrainContext(run=run, quiet=True, log_every=1))
+        last[sched] = [r["lr"] for r in run.metrics() if "lr" in r]
+    assert len(last["constant"]) == 8 and last["constant"][2:] == [pytest.approx(1e-3)] * 6  # warm-up, then the base rate
+    assert last["cosine"][-1] < 0.1e-3 and last["cosine"][:2] == pytest.approx(last["constant"][:2])
+    m = cls(cls.Config(context=4, future=4, hidden=16, batch_size=4, schedule="linear"), (1, 32, 32))
+    with pytest.raises(UnsupError, match="schedule 'linear'"):
+        train_loop(m, v, "8", TrainContext(quiet=True))
+
+
+def test_error_gate_hysteresis_frozen_level_and_plateau():
+    from unsup.methods.video.prednet import ErrorGate
+
+    rng = np.random.default_rng(0)
+    familiar = list(60 + 3 * rng.standard_normal(60))
+    # a change the learner can undo: the error jumps to 90 and comes back to 60 over 80 frames, then stays familiar
+    learnt = [90 - 30 * min(1.0, i / 80) + 3 * rng.standard_normal() for i in range(200)]
+    g = ErrorGate()
+    on = [g.update(e) for e in familiar + learnt]
+    levels = []
+    assert not any(on[:60])  # the familiar stream never switches learning on
+    assert g.switches[0][0] in range(63, 70) and g.switches[0][1] == "on"
+    assert g.switches[1][1] == "recovered" and 60 + 55 <= g.switches[1][0] <= 60 + 95  # on until back within 1.1 x level
+    t_on, t_off = g.switches[0][0], g.switches[1][0]
+    assert all(on[t_on:t_off]) and not any(on[t_off:])
+    # while on, the level is frozen at the familiar error, not dragged up by the new one
+    g2 = ErrorGate()
+    for e in (familiar + learnt)[: t_on + 30]:
+        g2.update(e)
+        levels.append(g2.level)
+    assert levels[t_on + 29] == levels[t_on] and 57 < levels[t_on] < 65
+    # an unlearnable change: learning stops after `patience` frames without progress, the new error becomes the level
+    g3 = ErrorGate(patience=40)
+    on3 = [g3.update(e) for e in familiar + list(90 + 3 * rng.standard_normal(200))]
+    assert [s for _t, s in g3.switches] == ["on", "plateau"] and 85 < g3.level < 95
+    assert sum(on3) < 60 and not any(on3[-100:])
+    with pytest.raises(UnsupError, match="below the on threshold"):
+        ErrorGate(threshold=1.2, off=1.3)

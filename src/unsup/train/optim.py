@@ -1,5 +1,6 @@
-"""Optimisers (AdamW, SGD, LARS) and the warm-up + cosine learning-rate
-schedule, driven by budget progress in [0, 1] rather than epochs."""
+"""Optimisers (AdamW, SGD, LARS) and the learning-rate schedules (warm-up,
+then cosine decay to 0 by default, or constant), driven by budget progress in
+[0, 1] rather than epochs."""
 
 from __future__ import annotations
 
@@ -55,10 +56,19 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: 
     return opt
 
 
-def lr_factor(progress: float, warmup: float) -> float:
-    """Linear warm-up over the first ``warmup`` of the budget, then cosine to 0."""
+SCHEDULES = ("cosine", "constant")
+
+
+def lr_factor(progress: float, warmup: float, schedule: str = "cosine") -> float:
+    """Linear warm-up over the first ``warmup`` of the budget, then cosine to 0
+    (``schedule="cosine"``, the default) or the base rate to the end
+    (``"constant"``)."""
+    if schedule not in SCHEDULES:
+        raise UnsupError(f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if warmup > 0 and progress < warmup:
         return progress / warmup
+    if schedule == "constant":
+        return 1.0
     t = (progress - warmup) / max(1e-8, 1 - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 

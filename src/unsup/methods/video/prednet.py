@@ -16,7 +16,11 @@ Online learning (``learn_online``): a stream of frames, the next frame always
 predicted, its error monitored against its recent level, and a learning step
 (truncated back-propagation over the last few frames) taken only while the
 error is high, so a change in the stream switches learning on and a familiar
-stream costs no updates.
+stream costs no updates. The gate (``ErrorGate``) has hysteresis: it switches
+on when the recent error exceeds 1.25 x the familiar level and stays on, with
+the level frozen, until the error is back within 1.1 x that level (or stops
+improving: then the new error becomes the level), so it neither adapts its
+reference to the new, higher error nor stops learning halfway.
 
 Two departures, both for sparse grey frames: R_0 has 8 channels, not the
 frame's 1 (one channel cannot hold a frame and its motion), and the pixel
@@ -203,22 +207,19 @@ class PredNet(VideoMethod):
 
     # --- online learning -------------------------------------------------
     def learn_online(self, chunks, optimizer, gated: bool = True, threshold: float = 1.25, window: int = 4,
-                     rate: float = 0.05, rise: float = 0.002, smooth: int = 3, warmup: int = 20) -> dict:
+                     **gate_options) -> dict:
         """Consume a stream: ``chunks`` yields uint8 frames (S, t, C, H, W) of S
         parallel streams. Each frame is predicted before it is seen; its error
-        (squared error summed over the frame, mean over streams), averaged over
-        the last ``smooth`` frames, is compared with the recent level: the mean
-        error of the first ``warmup`` frames, then a running mean (rate
-        ``rate``) over the frames that needed no learning, creeping up only
-        slowly (rate ``rise``) while learning, so a lasting change keeps
-        learning on until the error is back near the level it had before. When
-        ``gated``, a learning step is taken only while the smoothed error >
-        threshold x level (always when not gated): back-propagation through the
-        last ``window`` frames from the state before them. Returns per-frame
-        error, updates and level."""
+        (squared error summed over the frame, mean over streams) goes to an
+        ``ErrorGate`` (``threshold`` and ``gate_options`` are its settings).
+        When ``gated``, a learning step is taken only while the gate is on
+        (always when not gated): back-propagation through the last ``window``
+        frames from the state before them. Returns per-frame error, updates,
+        the gate's level and the frames where it switched (``switches``:
+        (frame, "on" | "recovered" | "plateau"))."""
+        gate = ErrorGate(threshold=threshold, **gate_options)
         state, frames, states = None, collections.deque(maxlen=window), collections.deque(maxlen=window)
         errors, learned, levels = [], [], []
-        level = None
         self.train()
         for chunk in chunks:
             x = to_float(chunk)
@@ -233,11 +234,8 @@ class PredNet(VideoMethod):
                 err = float((pred - f).pow(2).sum((1, 2, 3)).mean())
                 t = len(errors)
                 errors.append(err)
-                recent = sum(errors[-smooth:]) / len(errors[-smooth:])
-                if t < warmup:  # the first frame (nothing to predict from) is left out of the level
-                    level = recent if t == 0 else sum(errors[1:]) / t
-                high = t >= warmup and recent > threshold * level
-                learn = (high or not gated) and t > 0 and len(frames) == window
+                on = gate.update(err)
+                learn = (on or not gated) and t > 0 and len(frames) == window
                 if learn:
                     s = tuple(([(h.detach(), c.detach()) for h, c in states[0][0]], [e.detach() for e in states[0][1]]))
                     errs = []
@@ -248,8 +246,68 @@ class PredNet(VideoMethod):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                if t >= warmup:  # the recent level: follows the familiar error, creeps up while learning
-                    level += (rise if high else rate) * (err - level)
                 learned.append(bool(learn))
-                levels.append(level)
-        return {"error": errors, "learned": learned, "level": levels}
+                levels.append(gate.level)
+        return {"error": errors, "learned": learned, "level": levels, "switches": gate.switches}
+
+
+class ErrorGate:
+    """When to learn online, from the stream of prediction errors alone.
+
+    The *level* is the error of the familiar stream: the mean of the first
+    ``warmup`` frames (the very first frame, predicted from nothing, left
+    out), then a slow running mean (rate ``rate``) of the frames seen while the
+    gate is off. The gate compares the mean error of the last ``smooth``
+    frames with it, with hysteresis (a Schmitt trigger):
+
+    - off -> on when that mean exceeds ``threshold`` x level (something new);
+    - while on, the level is frozen (the error of the new stream must not
+      become the reference it is measured against), and learning goes on
+      until the mean is back within ``off`` x level ("recovered"),
+    - or until learning stops paying: the best mean has not fallen by a
+      fraction ``min_gain`` for ``patience`` frames ("plateau"); the new
+      stream's error is then accepted as the level (it cannot be learned
+      away at this rate), so a lasting, unlearnable change does not keep
+      learning on forever.
+
+    ``update(error)`` returns whether the gate is on for that frame; no frame
+    of the warm-up is learned on.
+    """
+
+    def __init__(self, threshold: float = 1.25, off: float = 1.1, smooth: int = 10, warmup: int = 20, rate: float = 0.01,
+                 patience: int = 100, min_gain: float = 0.02):
+        if not off < threshold:
+            raise UnsupError(f"online gate: the off level ({off}) must be below the on threshold ({threshold})")
+        if warmup < 2 or smooth < 1:
+            raise UnsupError("online gate: warmup must be at least 2 frames and smooth at least 1")
+        self.threshold, self.off, self.smooth, self.warmup, self.rate = threshold, off, smooth, warmup, rate
+        self.patience, self.min_gain = patience, min_gain
+        self.errors: list[float] = []
+        self.level: float | None = None
+        self.on = False
+        self.best, self.best_t = float("inf"), 0
+        self.switches: list[tuple[int, str]] = []
+
+    def update(self, err: float) -> bool:
+        t = len(self.errors)
+        self.errors.append(err)
+        if t < self.warmup:
+            self.level = err if t == 0 else sum(self.errors[1:]) / t
+            return False
+        recent = sum(self.errors[-self.smooth :]) / len(self.errors[-self.smooth :])
+        if not self.on:
+            if recent > self.threshold * self.level:
+                self.on, self.best, self.best_t = True, recent, t
+                self.switches.append((t, "on"))
+        else:
+            if recent < self.best * (1 - self.min_gain):
+                self.best, self.best_t = recent, t
+            if recent <= self.off * self.level:
+                self.on = False
+                self.switches.append((t, "recovered"))
+            elif t - self.best_t >= self.patience:
+                self.on, self.level = False, recent
+                self.switches.append((t, "plateau"))
+        if not self.on:
+            self.level += self.rate * (err - self.level)
+        return self.on

@@ -49,17 +49,25 @@ def lin_knn(rows) -> dict:
     return {f"{r['classifier']}@{r['labels_per_class']}": (r["accuracy_mean"], r["accuracy_std"]) for r in rows}
 
 
-def run_method(name: str, out: Path, device: str) -> dict:
+def run_method(name: str, out: Path, device: str, reuse: bool = False) -> dict:
+    """Pretrain and probe ``name``; with ``reuse``, a finished run (its encoder
+    and probe.json) in ``out`` is read back instead of being run again."""
     data, budget, opts = PLAN[name]
+    device = str(unsup.api.resolve_device(device))
+    run = out / "runs" / name
     t0 = time.perf_counter()
-    run = unsup.pretrain(name, data=data, budget=budget, out=out / "runs" / name, options=opts, quiet=True,
-                         overwrite=True, device=device)
+    reused = reuse and (run / "encoder.safetensors").is_file()
+    if not reused:
+        unsup.pretrain(name, data=data, budget=budget, out=run, options=opts, quiet=True, overwrite=True, device=device)
     t1 = time.perf_counter()
-    res = unsup.probe_run(run, budgets=(10, 100), seeds=3, supervised=False, device=device)
+    if reuse and (run / "probe.json").is_file():
+        res = json.loads((run / "probe.json").read_text())
+    else:
+        res = unsup.probe_run(run, budgets=(10, 100), seeds=3, supervised=False, device=device)
     row = {"method": name, "budget": budget, "options": opts, "pretrain_s": round(t1 - t0, 1),
            "probe_s": round(time.perf_counter() - t1, 1), "result": lin_knn(res["results"]),
            "random": lin_knn(res["references"]["random_encoder"]), "raw": lin_knn(res["references"]["raw_pixels"]),
-           "depths": {}}
+           "depths": {}, "reused": reused}  # a reused run's seconds are not its training time
     if name in DEPTHS:
         m = load_method(run)
         train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
@@ -125,13 +133,14 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join([*PLAN, *GABOR]))
     ap.add_argument("--out", default="bench-out/direct_clustering")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--reuse", action="store_true", help="read back finished runs in --out instead of rerunning them")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.methods.split(","):
         t0 = time.perf_counter()
-        row = run_gabor(name, out, args.device) if name in GABOR else run_method(name, out, args.device)
+        row = run_gabor(name, out, args.device) if name in GABOR else run_method(name, out, args.device, args.reuse)
         (out / f"{name}.json").write_text(json.dumps(row, indent=1))
         print(f"{name}: {json.dumps(row)[:400]} ({time.perf_counter() - t0:.0f}s)", flush=True)
     rows = {n: json.loads((out / f"{n}.json").read_text()) for n in PLAN if (out / f"{n}.json").exists()}

@@ -205,3 +205,59 @@ def test_patch_tasks_keep_whole_image_batchnorm_statistics(fm):
     scaled = Jigsaw(JigsawConfig(probe_at_working_scale=True), SHAPE)
     assert scaled.encoder(torch.rand(2, 1, 28, 28)).shape == (2, scaled.encoder.out_dim)
     assert scaled.encoder.net.working == 48
+
+
+def test_patch_task_accuracy_reads_patches_with_their_own_statistics(fm):
+    """Whole-image running statistics must not be applied to patches when the
+    pretext accuracy is measured: make them absurd and the head's inputs must not move."""
+    torch.manual_seed(0)
+    m = Context(ContextConfig(), SHAPE)
+    seen = []
+    m.head.register_forward_hook(lambda mod, inp, out: seen.append(out.detach().clone()))
+    torch.manual_seed(1)
+    m.pretext_accuracy(fm.images[:64])
+    for mod in m.encoder.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.fill_(50.0)
+            mod.running_var.fill_(1e-4)
+    torch.manual_seed(1)
+    m.pretext_accuracy(fm.images[:64])
+    assert len(seen) == 2 and torch.allclose(seen[0], seen[1])
+    assert m.training  # the mode is restored
+    bn = m.encoder.net.features[0][1]
+    assert float(bn.running_mean[0]) == 50.0 and bn.momentum == 0.1  # nothing recorded, momentum restored
+
+
+def test_stereo_top_branch_sees_where_a_pixel_lies():
+    """Deep3D's top (fully connected) branch: on a featureless frame the
+    convolutional taps give every interior pixel the same disparity, the top
+    branch lets it depend on the row (e.g. 'the ground at the bottom is near')."""
+    flat = torch.full((1, 1, 96, 96), 0.5)
+    torch.manual_seed(0)
+    conv_only = Stereo(StereoConfig(levels=8, global_branch=False), SHAPE).eval()
+    torch.manual_seed(0)
+    deep3d = Stereo(StereoConfig(levels=8), SHAPE).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(deep3d.top[-1].weight, std=1.0)
+        p_conv, p_top = conv_only.disparity_probs(flat), deep3d.disparity_probs(flat)
+    interior = (slice(None), slice(None), slice(36, 60), slice(36, 60))
+    assert torch.allclose(p_conv[interior], p_conv[..., 48:49, 48:49].expand_as(p_conv[interior]), atol=1e-5)
+    assert (p_top[..., 40, 48] - p_top[..., 56, 48]).abs().max() > 1e-3
+    with pytest.raises(UnsupError, match="global_grid"):
+        Stereo(StereoConfig(global_grid=0), SHAPE)
+
+
+def test_exemplar_surrogate_classes_are_learnt_with_the_default_small_batches(fm):
+    torch.manual_seed(0)
+    m = Exemplar(ExemplarConfig(surrogate_classes=20), SHAPE)
+    assert m.cfg.batch_size == 64
+    m.choose_seeds(fm.images[:500])
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    for _step in range(40):
+        loss, _ = m.training_loss(fm.images[: m.cfg.batch_size])  # the images are ignored: views of the seeds
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.manual_seed(1)
+    acc = sum(m.pretext_accuracy() for _ in range(4)) / 4  # 4 x 20 fresh transformed views
+    assert acc > 0.25  # chance is 1/20

@@ -130,7 +130,7 @@ def main():
     p.add_argument("--probe-test", type=int, default=2000)
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--before", type=int, default=60)
-    p.add_argument("--after", type=int, default=400)
+    p.add_argument("--after", type=int, default=600)
     p.add_argument("--after-speed", type=float, default=1.25, help="object speed after the change, x the pretraining speed")
     p.add_argument("--window", type=int, default=3)
     p.add_argument("--threshold", type=float, default=1.25)

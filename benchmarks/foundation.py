@@ -9,10 +9,10 @@ Writes benchmarks/results/foundation.md and foundation.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import datetime
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import torch
 import unsup
 import unsup.run
 from unsup.data import AugmentConfig, augment, load
-from unsup.evaluate import random_encoder_rows, raw_pixel_rows
+from unsup.evaluate import raw_pixel_rows
 from unsup.methods.joint.simclr import SimCLR, SimCLRConfig
 
 OUT = Path(__file__).parent / "results"

@@ -122,6 +122,15 @@ def online_summary(tr: dict, a: int, reference: float | None = None, k: int = 20
             "updates_total": sum(tr["learned"]), "seconds": tr["seconds"]}
 
 
+def run_online(method, args, r: dict) -> None:
+    """PredNet's online section: summaries, traces and the figure, into ``r``."""
+    tr = online(method, args)
+    ref = statistics.fmean(tr["none"]["error"][args.before - 30 : args.before])
+    r["online"] = {k: online_summary(v, args.before, ref) for k, v in tr.items()}
+    r["online_trace"] = {k: {"error": v["error"], "learned": v["learned"], "switches": v["switches"]} for k, v in tr.items()}
+    save_online_figure(tr, args.before, OUT.parent / "video_online.png")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--methods", default="video-lstm,future-features,prednet")
@@ -160,11 +169,7 @@ def main():
         old = Path(args.out, f"results-{name}.json")
         if args.online_only and name == "prednet" and old.is_file():
             r = json.loads(old.read_text())
-            tr = online(m, args)
-            ref = statistics.fmean(tr["none"]["error"][args.before - 30 : args.before])
-            r["online"] = {k: online_summary(v, args.before, ref) for k, v in tr.items()}
-            r["online_trace"] = {k: {"error": v["error"], "learned": v["learned"], "switches": v["switches"]} for k, v in tr.items()}
-            save_online_figure(tr, args.before, OUT.parent / "video_online.png")
+            run_online(m, args, r)
             results[name] = r
             print(name, json.dumps(r["online"], default=str), flush=True)
             old.write_text(json.dumps(r, default=str))
@@ -180,11 +185,7 @@ def main():
         else:
             r["retrieval"] = m.retrieval(test, limit=args.test_sequences)
         if name == "prednet":
-            tr = online(m, args)
-            ref = statistics.fmean(tr["none"]["error"][args.before - 30 : args.before])
-            r["online"] = {k: online_summary(v, args.before, ref) for k, v in tr.items()}
-            r["online_trace"] = {k: {"error": v["error"], "learned": v["learned"], "switches": v["switches"]} for k, v in tr.items()}
-            save_online_figure(tr, args.before, OUT.parent / "video_online.png")
+            run_online(m, args, r)
         results[name] = r
         print(name, json.dumps({k: v for k, v in r.items() if k != "online_trace"}, default=str)[:3000], flush=True)
         Path(args.out, f"results-{name}.json").write_text(json.dumps(r, default=str))

@@ -37,6 +37,7 @@ class MethodConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup: float = 0.05  # fraction of the budget spent warming up the learning rate
+    schedule: str = "cosine"  # learning rate after the warm-up: "cosine" (decay to 0) or "constant"
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 

@@ -1,7 +1,7 @@
 """The one training loop for gradient methods.
 
 Budget (images seen or seconds), warm-up + cosine schedule (or a constant
-rate after the warm-up, for a config with ``schedule = "constant"``), bf16 autocast and
+rate after the warm-up: ``schedule = "constant"``), bf16 autocast and
 channels_last on CUDA, optional ``torch.compile``, data-parallel gradient
 averaging under ``torchrun``, metrics as JSON lines, an atomic checkpoint every
 few minutes, ``resume``, a k-NN monitor, and a clear stop on a NaN loss that
@@ -82,8 +82,7 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
                               cfg.weight_decay if weight_decay is None else weight_decay, cfg.momentum, betas)
 
     optimizers = method.configure_optimizers(make)
-    schedule = getattr(cfg, "schedule", "cosine")  # configs without the field keep the cosine schedule
-    lr_factor(0.0, cfg.warmup, schedule)  # an unknown schedule fails before any training
+    lr_factor(0.0, cfg.warmup, cfg.schedule)  # an unknown schedule fails before any training
     step, images_seen, elapsed, epoch = 0, 0, 0.0, 0
     state = ctx.run.load_checkpoint() if (ctx.resume and ctx.run is not None) else None
     if state is not None:
@@ -122,7 +121,7 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
             idx = idx[rank * local : (rank + 1) * local]
             images = data.images[idx]
             progress = budget.progress(images_seen, elapsed)
-            set_lr(optimizers, lr_factor(progress, cfg.warmup, schedule))
+            set_lr(optimizers, lr_factor(progress, cfg.warmup, cfg.schedule))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 if method.uses_labels:
                     logs = step_fn((images, data.labels[idx]), optimizers, backward)

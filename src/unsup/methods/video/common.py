@@ -22,7 +22,6 @@ class VideoConfig(MethodConfig):
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: float = 0.02
-    schedule: str = "cosine"  # learning rate after the warm-up: "cosine" (decay to 0) or "constant"
 
 
 class VideoMethod(Method):

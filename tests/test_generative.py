@@ -113,6 +113,21 @@ def test_improved_gan_learns_from_its_labelled_subset(fm):
     assert m.test_error(test) < 0.5  # chance is 0.9
 
 
+def test_improved_gan_has_the_papers_discriminator_and_k_plus_1_loss():
+    from unsup.methods.generative.improved_gan import unsupervised_loss
+
+    m = make("improved-gan")
+    assert not any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.disc.modules())
+    assert sum(hasattr(x, "parametrizations") for x in m.disc.modules()) == 4  # 3 convs + the head, weight-normalised
+    assert any(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in make("improved-gan", d_norm="batch").disc.modules())
+    with pytest.raises(UnsupError, match="d_norm"):
+        make("improved-gan", d_norm="layer")
+    real, fake = torch.randn(6, 10), torch.randn(6, 10)
+    z_r, z_f = real.exp().sum(1), fake.exp().sum(1)  # D = Z / (Z + 1)
+    want = -(z_r / (z_r + 1)).log().mean() - (1 - z_f / (z_f + 1)).log().mean()
+    assert float(unsupervised_loss(real, fake)) == pytest.approx(float(want), rel=1e-5)
+
+
 def test_semi_supervised_and_conditional_gans_refuse_bad_data(fm):
     train, _ = fm
     unlabeled = type(train)(train.name, train.images, None, [])
@@ -130,6 +145,17 @@ def test_infogan_q_recovers_the_categorical_code(fm):
     out = train_loop(m, train, "4800", TrainContext(quiet=True))
     assert out["q_code_acc"] > 0.5  # chance 0.1  # Q reads the code of generated images: the mutual-information term works
     assert 0.1 <= m.code_accuracy(test.images, test.labels) <= 1.0
+
+
+def test_infogan_factored_continuous_code():
+    torch.manual_seed(0)
+    m = make("infogan", continuous_nll="factored")
+    assert m.q[-1].out_features == 10 + 2 * 2  # categorical logits, then mean and log-std of each continuous code
+    latent = m.sample_latent(16, "cpu")
+    loss, _ = m.info_loss(m.disc(m.gen(latent))[1][-1], latent)
+    assert math.isfinite(loss.item()) and loss.requires_grad
+    with pytest.raises(UnsupError, match="continuous_nll"):
+        make("infogan", continuous_nll="laplace")
 
 
 def test_text_descriptions_and_matching_attributes(fm):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import UnsupError
 from ...registry import register
 from .gan_nets import (
     Discriminator,
@@ -40,11 +41,13 @@ from .gan_nets import (
 @dataclass
 class InfoGanConfig(GanConfig):
     z_dim: int = 62
+    batch_size: int = 64  # the paper's batch (64 / 100); 32 left the code on style more often (see generative.md)
     g_lr: float = 1e-3  # the paper's MNIST code: 2e-4 for D/Q, 1e-3 for G
     categories: int = 10
     continuous: int = 2
     info_weight: float = 1.0  # lambda for the categorical code (the paper: 1)
-    continuous_weight: float = 0.1  # extra weight on the continuous codes' log-likelihood
+    continuous_weight: float = 0.2  # extra weight on the continuous codes' negative log-likelihood (mean over codes)
+    continuous_nll: str = "fixed"  # "fixed": unit-variance Gaussian; "factored": Q also predicts each code's log-std
     q_hidden: int = 128
 
 
@@ -72,8 +75,13 @@ class InfoGAN(GanMethod):
         self.gen = Generator(self.latent_dim(), c, s, cfg.g_width)
         self.disc = Discriminator(c, s, cfg.d_width)
         # no batch norm in Q: it only ever sees generated batches, its running statistics would not fit real images
-        self.q = nn.Sequential(nn.Linear(self.disc.head.in_features, cfg.q_hidden), nn.LeakyReLU(0.2, True), nn.Linear(cfg.q_hidden, cfg.categories + cfg.continuous))
+        self.q = nn.Sequential(nn.Linear(self.disc.head.in_features, cfg.q_hidden), nn.LeakyReLU(0.2, True), nn.Linear(cfg.q_hidden, cfg.categories + self.n_cont_out()))
         self.encoder = PooledFeatures(self.disc.trunk, c, s)
+
+    def n_cont_out(self) -> int:
+        if self.cfg.continuous_nll not in ("fixed", "factored"):
+            raise UnsupError(f"infogan: continuous_nll must be 'fixed' or 'factored', got {self.cfg.continuous_nll!r}")
+        return self.cfg.continuous * (2 if self.cfg.continuous_nll == "factored" else 1)
 
     def latent_dim(self) -> int:
         return self.cfg.z_dim + self.cfg.categories + self.cfg.continuous
@@ -97,9 +105,15 @@ class InfoGAN(GanMethod):
         out = self.q(last_feats.flatten(1)).float()
         cat, cont = self.split_latent(latent)
         ce = F.cross_entropy(out[:, : cfg.categories], cat)
-        mse = F.mse_loss(out[:, cfg.categories :], cont.float())  # Gaussian NLL with a fixed variance
+        mu = out[:, cfg.categories : cfg.categories + cfg.continuous]
+        err = (mu - cont.float()) ** 2
+        if cfg.continuous_nll == "factored":  # -log N(c; mu, sigma^2) up to a constant, sigma predicted by Q
+            log_std = out[:, cfg.categories + cfg.continuous :].clamp(-5, 5)
+            nll = (log_std + 0.5 * err * torch.exp(-2 * log_std)).mean()
+        else:  # unit variance
+            nll = 0.5 * err.mean()
         acc = float((out[:, : cfg.categories].argmax(1) == cat).float().mean())
-        return cfg.info_weight * (ce + cfg.continuous_weight * mse), acc
+        return cfg.info_weight * (ce + cfg.continuous_weight * nll), acc
 
     def d_parameters(self):
         return list(self.disc.parameters()) + list(self.q.parameters())

@@ -151,6 +151,20 @@ def test_stereo_rendering_and_selection(fm):
     assert torch.equal(shifted_stack(left, 3)[:, 2, ..., :-2], left[..., 2:])
 
 
+def test_stereo_plain_background_is_black_and_refused_out_of_range(fm):
+    objects = fm.images[:16]
+    torch.manual_seed(0)
+    left, _, disp = render_stereo(objects, texture_bank(), 48, 16, 2, plain=1.0)
+    torch.manual_seed(0)
+    tex_left = render_stereo(objects, texture_bank(), 48, 16, 2, plain=0.0)[0]
+    background = left == 0
+    assert background.float().mean() > 0.3  # black wherever no object stands
+    assert (tex_left == 0).float().mean() < 0.05  # textured scenes are not
+    assert disp.min() >= 0 and disp.max() <= 15
+    with pytest.raises(UnsupError, match="plain_background"):
+        Stereo(StereoConfig(plain_background=1.5), SHAPE)
+
+
 def test_motorcycle_pair_and_right_grid():
     left, right, disp = motorcycle_pair(4)
     assert left.shape == right.shape == disp.shape == (1, 1, 125, 185)

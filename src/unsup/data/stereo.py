@@ -69,9 +69,12 @@ def _sample(img: torch.Tensor, u: torch.Tensor, v: torch.Tensor, w: float, h: fl
 
 
 def render_stereo(objects: torch.Tensor, textures: torch.Tensor, size: int = 48, levels: int = 16, n_objects: int = 2,
-                  object_scale: tuple[float, float] = (0.8, 1.3)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  object_scale: tuple[float, float] = (0.8, 1.3), plain: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scenes from ``objects`` (uint8 (B, C, h, w); each scene uses sample i and
     its ``n_objects - 1`` successors) over ``textures`` (uint8 (K, 1, T, T)).
+    A fraction ``plain`` of the scenes get a black background instead of the
+    texture (the objects' own dataset background; a flat plane carries no
+    disparity signal, the objects still do).
     Returns left, right (float (B, C, S, S) in [0, 1]) and the disparity on the
     right view's grid (B, 1, S, S), in pixels, within [0, levels - 1]."""
     b, c, oh, ow = objects.shape
@@ -96,10 +99,12 @@ def render_stereo(objects: torch.Tensor, textures: torch.Tensor, size: int = 48,
     ox, oy = u(b, 1, 1, hi=t.shape[-1] - size * 1.5), u(b, 1, 1, hi=t.shape[-2] - size * 1.5)
     contrast = u(b, 1, 1, 1, lo=0.5, hi=1.2)
     bg_disp = d0 + slope * ys / size
+    # 0: a black background, as in the objects' own images (no draw when plain = 0: the same scenes as before)
+    textured = (u(b, 1, 1, 1) >= plain).float() if plain > 0 else 1.0
     views, disps = [], []
     for shift in (torch.zeros_like(bg_disp), bg_disp):  # left, right
         bg = _sample(t, ox + (xs + shift) * zoom, oy + ys * zoom, t.shape[-1], t.shape[-2], "reflection")
-        views.append((bg - 0.5) * contrast + 0.5)
+        views.append(((bg - 0.5) * contrast + 0.5) * textured)
         disps.append(bg_disp.unsqueeze(1).clone())
     # objects: sorted far to near, each in front of the background where it stands
     depth = u(b, n_objects).sort(1).values

@@ -49,6 +49,7 @@ class InfoGanConfig(GanConfig):
     continuous_weight: float = 0.2  # extra weight on the continuous codes' negative log-likelihood (mean over codes)
     continuous_nll: str = "fixed"  # "fixed": unit-variance Gaussian; "factored": Q also predicts each code's log-std
     q_hidden: int = 128
+    g_hidden: int = 1024  # > 0: a BN-ReLU fully connected layer of this width on (z, c) first (the paper's MNIST G: 1024)
 
 
 def hungarian_accuracy(pred: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> float:
@@ -72,7 +73,11 @@ class InfoGAN(GanMethod):
     def __init__(self, cfg: InfoGanConfig, shape):
         super().__init__(cfg, shape)
         c, s, _ = self.shape
-        self.gen = Generator(self.latent_dim(), c, s, cfg.g_width)
+        if cfg.g_hidden:  # the paper's MNIST generator: a fully connected layer before the projection to 7x7
+            self.gen = nn.Sequential(nn.Linear(self.latent_dim(), cfg.g_hidden, bias=False), nn.BatchNorm1d(cfg.g_hidden),
+                                     nn.ReLU(True), Generator(cfg.g_hidden, c, s, cfg.g_width))
+        else:
+            self.gen = Generator(self.latent_dim(), c, s, cfg.g_width)
         self.disc = Discriminator(c, s, cfg.d_width)
         # no batch norm in Q: it only ever sees generated batches, its running statistics would not fit real images
         self.q = nn.Sequential(nn.Linear(self.disc.head.in_features, cfg.q_hidden), nn.LeakyReLU(0.2, True), nn.Linear(cfg.q_hidden, cfg.categories + self.n_cont_out()))

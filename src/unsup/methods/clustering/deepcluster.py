@@ -14,9 +14,21 @@ clustering since the cluster indices are arbitrary.
 
 Scaled to 28x28 and a small budget: the small convnet instead of AlexNet,
 k = 100 clusters (10x the classes, as the paper's 10,000 for ImageNet's
-1,000), PCA to 64 dimensions (paper: 256), SGD as in the paper. The paper
-re-clusters once per epoch; ``epoch_size`` > 0 makes an "epoch" a random
-subset of that many images, so a CPU budget still sees several clusterings.
+1,000), PCA to 64 dimensions (paper: 256), SGD as in the paper (lr 0.05,
+momentum 0.9, weight decay 1e-5). The paper re-clusters once per epoch;
+``epoch_size`` > 0 makes an "epoch" a random subset of that many images, so
+a CPU budget still sees several clusterings. No Sobel filter: the paper uses
+it to remove colour, and Fashion-MNIST is grey already.
+
+Departure, batch size 64 (paper: 256): what matters is the number of SGD
+steps between two clusterings. The paper takes ~5,000 (an ImageNet epoch);
+an "epoch" of 10k images at batch 256 is 39 steps, too few for the freshly
+re-initialised classifier to learn the new pseudo-labels: the loss stayed
+at chance (ln k), the trunk was trained through a random head, and the
+probe fell far below the random convnet (measured: linear 71.3 vs 76.5 at
+100 labels per class on a probe subset). At batch 64 (156 steps per
+clustering) the pseudo-labels are fitted (pseudo-accuracy 40-60% within a
+round) and the trunk learns (k-NN 73.6 vs 67.4 on the same subset).
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ def _augment_defaults() -> AugmentConfig:
 @dataclass
 class DeepClusterConfig(MethodConfig):
     optimizer: str = "sgd"
+    batch_size: int = 64  # paper: 256; enough SGD steps per clustering at a small budget (docstring)
     lr: float = 0.05
     weight_decay: float = 1e-5
     momentum: float = 0.9

@@ -35,10 +35,10 @@ PLAN = {  # method: (data, budget, options)
     "sparse-coding": ("fashion-mnist", "60k", {}),
     "autoencoder": ("fashion-mnist", "60k", {}),
     "sparse-autoencoder": ("fashion-mnist", "60k", {}),
-    "stacked-autoencoder": ("fashion-mnist", "180k", {}),
+    "stacked-autoencoder": ("fashion-mnist", "900k", {}),
     "kmeans": ("fashion-mnist", "60k", {}),
     "conv-clustering": ("fashion-mnist", "60k", {}),
-    "deepcluster": ("fashion-mnist", "60k", {"epoch_size": 10_000}),
+    "deepcluster": ("fashion-mnist", "180k", {"epoch_size": 10_000}),
 }
 DEPTHS = {"stacked-autoencoder": (1, 2), "conv-clustering": (1,)}  # truncations probed besides the full stack
 GABOR = {"natural-images": "sparse-coding on natural images", "natural-noise": "control: phase-randomised natural images"}

@@ -40,7 +40,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from ...data import few_label_indices
 from ...errors import UnsupError
 from ...registry import register
-from .gan_nets import Discriminator, GanConfig, GanMethod, Generator, PooledFeatures, real_bn_stats, to_tanh, trunk_out_size
+from .gan_nets import ConvTrunk, Discriminator, GanConfig, GanMethod, Generator, PooledFeatures, real_bn_stats, to_tanh, trunk_out_size
 
 
 @dataclass
@@ -92,12 +92,7 @@ class WeightNormTrunk(nn.Module):
             self.blocks.append(nn.Sequential(*layers))
             cin = c
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for b in self.blocks:
-            x = b(x)
-            outs.append(x)
-        return outs
+    forward = ConvTrunk.forward  # the same pass: the activations of every layer
 
 
 class WeightNormDiscriminator(nn.Module):

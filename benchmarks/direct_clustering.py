@@ -34,7 +34,7 @@ from unsup.run import load_method
 PLAN = {  # method: (data, budget, options)
     "sparse-coding": ("fashion-mnist", "60k", {}),
     "autoencoder": ("fashion-mnist", "60k", {}),
-    "sparse-autoencoder": ("fashion-mnist", "60k", {}),
+    "sparse-autoencoder": ("fashion-mnist", "180k", {}),
     "stacked-autoencoder": ("fashion-mnist", "900k", {}),
     "kmeans": ("fashion-mnist", "60k", {}),
     "conv-clustering": ("fashion-mnist", "60k", {}),
@@ -43,6 +43,7 @@ PLAN = {  # method: (data, budget, options)
 DEPTHS = {"stacked-autoencoder": (1, 2), "conv-clustering": (1,)}  # truncations probed besides the full stack
 GABOR = {"natural-images": "sparse-coding on natural images", "natural-noise": "control: phase-randomised natural images"}
 RESULTS = Path(__file__).parent / "results"
+READING_MARK = "## Reading"
 
 
 def lin_knn(rows) -> dict:
@@ -146,7 +147,11 @@ def main() -> None:
     rows = {n: json.loads((out / f"{n}.json").read_text()) for n in PLAN if (out / f"{n}.json").exists()}
     gabor = {n: json.loads((out / f"{n}.json").read_text()) for n in GABOR if (out / f"{n}.json").exists()}
     text = write_table(rows, gabor, "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/direct_clustering.py")
-    (RESULTS / "direct_clustering.md").write_text(text)
+    md = RESULTS / "direct_clustering.md"
+    # the hand-written reading (from the first "## Reading" heading on) survives a rewrite of the tables
+    previous = md.read_text() if md.exists() else ""
+    notes = previous[previous.index(READING_MARK):] if READING_MARK in previous else ""
+    md.write_text(text.rstrip("\n") + "\n\n" + notes if notes else text)
     print(text)
 
 

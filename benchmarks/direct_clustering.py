@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_page import write_results
 
 import unsup
 from unsup.data import load
@@ -43,7 +44,6 @@ PLAN = {  # method: (data, budget, options)
 DEPTHS = {"stacked-autoencoder": (1, 2), "conv-clustering": (1,)}  # truncations probed besides the full stack
 GABOR = {"natural-images": "sparse-coding on natural images", "natural-noise": "control: phase-randomised natural images"}
 RESULTS = Path(__file__).parent / "results"
-READING_MARK = "## Reading"
 
 
 def lin_knn(rows) -> dict:
@@ -147,11 +147,7 @@ def main() -> None:
     rows = {n: json.loads((out / f"{n}.json").read_text()) for n in PLAN if (out / f"{n}.json").exists()}
     gabor = {n: json.loads((out / f"{n}.json").read_text()) for n in GABOR if (out / f"{n}.json").exists()}
     text = write_table(rows, gabor, "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/direct_clustering.py")
-    md = RESULTS / "direct_clustering.md"
-    # the hand-written reading (from the first "## Reading" heading on) survives a rewrite of the tables
-    previous = md.read_text() if md.exists() else ""
-    notes = previous[previous.index(READING_MARK):] if READING_MARK in previous else ""
-    md.write_text(text.rstrip("\n") + "\n\n" + notes if notes else text)
+    write_results(RESULTS / "direct_clustering.md", text)
     print(text)
 
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_page import write_results
 
 import unsup
 from unsup.data import load
@@ -42,7 +43,6 @@ from unsup.train.budget import parse_budget
 
 UNSUP = ["dcgan", "infogan", "bigan", "text-to-image-gan"]
 RESULTS = Path(__file__).resolve().parent / "results" / "generative.md"
-NOTES_MARK = "<!-- reading (hand-written, kept when the tables are rewritten) -->"
 
 
 def _mean_std(xs):
@@ -167,11 +167,7 @@ def write_table(out: Path, command: str):
                 d = res[name].get("d_loss_first_last") or [float("nan")] * 2
                 lines.append(f"| {name} | {res[name]['generator']['fcd']:.2f} | {d[0]:.3f} -> {d[1]:.3f} |")
         lines.append("")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    # the hand-written reading below NOTES_MARK survives a rewrite of the tables
-    old = RESULTS.read_text() if RESULTS.exists() else ""
-    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
-    RESULTS.write_text("\n".join(lines) + "\n" + notes)
+    write_results(RESULTS, "\n".join(lines) + "\n")
     print(RESULTS.read_text())
 
 

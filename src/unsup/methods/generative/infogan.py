@@ -85,6 +85,8 @@ class InfoGAN(GanMethod):
 
     def __init__(self, cfg: InfoGanConfig, shape):
         super().__init__(cfg, shape)
+        if cfg.continuous_nll not in ("fixed", "factored"):
+            raise UnsupError(f"infogan: continuous_nll must be 'fixed' or 'factored', got {cfg.continuous_nll!r}")
         c, s, _ = self.shape
         if cfg.g_hidden:  # the paper's MNIST generator: a fully connected layer before the projection to 7x7
             self.gen = nn.Sequential(nn.Linear(self.latent_dim(), cfg.g_hidden, bias=False), nn.BatchNorm1d(cfg.g_hidden),
@@ -92,14 +94,10 @@ class InfoGAN(GanMethod):
         else:
             self.gen = Generator(self.latent_dim(), c, s, cfg.g_width)
         self.disc = Discriminator(c, s, cfg.d_width)
+        cont_out = cfg.continuous * (2 if cfg.continuous_nll == "factored" else 1)  # factored: a mean and a log-std per code
         # no batch norm in Q: it only ever sees generated batches, its running statistics would not fit real images
-        self.q = nn.Sequential(nn.Linear(self.disc.head.in_features, cfg.q_hidden), nn.LeakyReLU(0.2, True), nn.Linear(cfg.q_hidden, cfg.categories + self.n_cont_out()))
+        self.q = nn.Sequential(nn.Linear(self.disc.head.in_features, cfg.q_hidden), nn.LeakyReLU(0.2, True), nn.Linear(cfg.q_hidden, cfg.categories + cont_out))
         self.encoder = PooledFeatures(self.disc.trunk, c, s)
-
-    def n_cont_out(self) -> int:
-        if self.cfg.continuous_nll not in ("fixed", "factored"):
-            raise UnsupError(f"infogan: continuous_nll must be 'fixed' or 'factored', got {self.cfg.continuous_nll!r}")
-        return self.cfg.continuous * (2 if self.cfg.continuous_nll == "factored" else 1)
 
     def latent_dim(self) -> int:
         return self.cfg.z_dim + self.cfg.categories + self.cfg.continuous

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_page import write_results
 
 from unsup.data import load
 from unsup.methods.base import config_from_dict
@@ -84,8 +85,7 @@ k-means++ seeding for both, no early stopping; inertia of each set of centroids 
 Speed ratio (sklearn / unsup): **{ratio:.1f}x**; inertia difference {100 * rel:+.2f}% (floor: >= 5x, within 1%).
 """
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_results(Path(args.out), text)
 
 
 if __name__ == "__main__":

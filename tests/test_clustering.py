@@ -15,7 +15,7 @@ import unsup
 from unsup.errors import UnsupError
 from unsup.methods.clustering.conv_clustering import ConvClustering, ConvClusteringConfig, group_maps
 from unsup.methods.clustering.deepcluster import DeepCluster, DeepClusterConfig, fill_empty_clusters, uniform_over_clusters
-from unsup.methods.clustering.kmeans_core import assign, inertia, kmeans
+from unsup.methods.clustering.kmeans_core import assign, inertia, kmeans, kmeans_plus_plus
 from unsup.run import RunDir, load_method
 
 
@@ -34,6 +34,19 @@ def test_kmeans_finds_blobs_and_refuses_too_many_centroids():
     assert inertia(x, c_mb) < 1.1 * inertia(x, c)
     with pytest.raises(UnsupError, match="9 centroids need at least 9 points, got 8"):
         kmeans(x[:8], 9)
+
+
+def test_kmeans_plus_plus_seeds_one_centroid_per_blob_and_never_a_duplicate():
+    # tight, far-apart blobs: the D^2 draw lands in an uncovered blob with probability ~1 - 1e-6
+    g = torch.Generator().manual_seed(0)
+    centres = 100 * torch.eye(6)
+    x = centres.repeat_interleave(50, 0) + 0.01 * torch.randn(300, 6, generator=g)
+    seeds = kmeans_plus_plus(x, 6, torch.Generator().manual_seed(1))
+    assert sorted(assign(seeds, centres, need_dist=False)[0].tolist()) == list(range(6))
+    # four distinct points, asked for four seeds after duplicates: zero-weight rows are never drawn
+    y = torch.tensor([[0.0, 0], [0, 0], [5, 0], [5, 0], [0, 7], [9, 9]])
+    seeds = kmeans_plus_plus(y, 4, torch.Generator().manual_seed(2))
+    assert len(torch.unique(seeds, dim=0)) == 4
 
 
 _WORKER = """

@@ -19,6 +19,10 @@ so parts can run in separate processes.
   error, against the supervised reference (the protocol of
   unsup.evaluate.supervised: same labels, same budget). Each budget's runs go
   to <out>/improved-gan-<budget>.json and get their own rows.
+  ``--improved-arch mlp``: the paper's fully connected MNIST model and
+  settings (``improved_gan.PAPER_MNIST``, Polyak average with
+  ema_rate x steps = 18 as the paper's 1e-4 x 180k), to
+  <out>/improved-gan-mlp-<budget>.json.
 """
 
 from __future__ import annotations
@@ -68,25 +72,46 @@ def run_unsup(name, budget, out, train, test):
     return res
 
 
-def run_improved(budget, out, train, test, seeds=3, labels=(10, 100)):
+def improved_options(arch: str, budget) -> dict:
+    if arch == "conv":
+        return {}
+    from unsup.methods.generative.improved_gan import PAPER_MNIST
+
+    steps = parse_budget(budget).value / PAPER_MNIST["batch_size"]
+    return {**PAPER_MNIST, "ema_rate": min(0.5, 18 / steps)}
+
+
+def run_code_only(name, budget, out, test, seed):
+    """Another training seed of InfoGAN: only its code accuracy (no probe, no FCD)."""
+    t0 = time.perf_counter()
+    run = unsup.pretrain(name, data="fashion-mnist", budget=budget, out=out / "runs" / f"{name}-seed{seed}", quiet=True,
+                         overwrite=True, monitor=False, seed=seed, figures=False)
+    method = load_trained_method(run)
+    return {"method": name, "budget": budget, "seed": seed, "pretrain_seconds": round(time.perf_counter() - t0, 1),
+            "code_accuracy": method.code_accuracy(test.images, test.labels), "run": str(run)}
+
+
+def run_improved(budget, out, train, test, seeds=3, labels=(10, 100), arch="conv"):
     rows = []
+    tag = "improved-gan" if arch == "conv" else f"improved-gan-{arch}"
+    opts = improved_options(arch, budget)
     for n in labels:
         for s in range(seeds):
             t0 = time.perf_counter()
-            run = unsup.pretrain("improved-gan", data="fashion-mnist", budget=budget, out=out / "runs" / f"improved-gan-{budget}-{n}-s{s}",
-                                 quiet=True, overwrite=True, monitor=False, seed=s, options={"labels_per_class": n, "seed": s},
-                                 figures=(n == 100 and s == 0))
+            run = unsup.pretrain("improved-gan", data="fashion-mnist", budget=budget, out=out / "runs" / f"{tag}-{budget}-{n}-s{s}",
+                                 quiet=True, overwrite=True, monitor=False, seed=s,
+                                 options={**opts, "labels_per_class": n, "seed": s}, figures=(n == 100 and s == 0))
             m = load_trained_method(run)
             rows.append({"labels_per_class": n, "seed": s, "test_error": m.test_error(test),
                          "pretrain_seconds": round(time.perf_counter() - t0, 1)})
-            print(f"improved-gan {budget} {n}/class seed {s}: error {rows[-1]['test_error']:.4f}", flush=True)
+            print(f"{tag} {budget} {n}/class seed {s}: error {rows[-1]['test_error']:.4f}", flush=True)
     sup = []  # the floor compares at 100 labels per class; 10/class supervised runs are left out for time
     for n in (100,):
         for s in range(seeds):
             acc = supervised_accuracy(train, test, n, s, budget)
             sup.append({"labels_per_class": n, "seed": s, "test_error": 1 - acc})
             print(f"supervised {budget} {n}/class seed {s}: error {1 - acc:.4f}", flush=True)
-    return {"method": "improved-gan", "budget": budget, "rows": rows, "supervised": sup}
+    return {"method": "improved-gan", "arch": arch, "options": opts, "budget": budget, "rows": rows, "supervised": sup}
 
 
 def _acc(rows, n, clf):
@@ -130,6 +155,14 @@ def write_table(out: Path, command: str):
         lines += ["## InfoGAN categorical code", "",
                   (f"Unsupervised accuracy of the 10-way code on the 10,000 test images after Hungarian matching: "
                   f"**{acc:.3f}** (floor 0.50, chance 0.10): {'met' if acc >= 0.5 else 'MISSED'}."), ""]
+        more = sorted((r for k, r in res.items() if k.startswith("infogan-seed") and r["budget"] == res["infogan"]["budget"]),
+                      key=lambda r: r["seed"])
+        if more:
+            accs = [acc] + [r["code_accuracy"] for r in more]
+            m, sd = _mean_std(accs)
+            lines += [(f"Over training seeds 0, {', '.join(str(r['seed']) for r in more)} at {res['infogan']['budget']} "
+                       f"(`--seed N`, code accuracy only): {', '.join(f'{a:.3f}' for a in accs)}; mean **{m:.3f} ± {sd:.3f}**: "
+                       f"{'met' if m >= 0.5 else 'MISSED'} on the mean."), ""]
     if "text-to-image-gan" in res:
         g = res["text-to-image-gan"]["generator"]
         lines += ["## Text-to-image GAN (GAN-CLS)", "",
@@ -138,15 +171,16 @@ def write_table(out: Path, command: str):
                   f"(floor 0.70: {'met' if g['named_class_accuracy'] >= 0.7 else 'MISSED'}); the size word holds for "
                   f"{g['size_word_holds']:.3f} and the brightness word for {g['brightness_word_holds']:.3f} of the samples "
                   "(0.5 = chance; attributes measured against the class medians of real images)."), ""]
-    improved = sorted((r for k, r in res.items() if k.startswith("improved-gan-")), key=lambda r: parse_budget(r["budget"]).value)
+    improved = sorted((r for k, r in res.items() if k.startswith("improved-gan-")), key=lambda r: (r.get("arch", "conv"), parse_budget(r["budget"]).value))
     if improved:
         lines += ["## Improved GAN (semi-supervised: uses the labels below)", "",
                   ("Test error of the discriminator's K-class argmax on the 10,000 test images, one run per (labels per "
                   "class, seed of the labelled draw); the supervised reference is the project's (the small-convnet backbone "
                   "trained on the same labelled images with the shared augmentations and the same budget, "
                   "`unsup.evaluate.supervised.supervised_accuracy`). Floor: at 100 labels per class, below the reference."), "",
-                  "| budget (images seen) | labels per class | pretrain s (mean) | improved-gan test error (3 seeds) | supervised reference error | floor |",
-                  "|---|---|---|---|---|---|"]
+                  ("| nets (`arch`) | budget (images seen) | labels per class | pretrain s (mean) | improved-gan test error (3 seeds) "
+                   "| supervised reference error | floor |"),
+                  "|---|---|---|---|---|---|---|"]
         for r in improved:
             for n in (10, 100):
                 rows = [x for x in r["rows"] if x["labels_per_class"] == n]
@@ -158,7 +192,8 @@ def write_table(out: Path, command: str):
                 floor = ("met" if m < sm else "MISSED") if n == 100 else "-"
                 ref = f"{sm:.4f} ± {ss:.4f} ({', '.join(f'{x:.4f}' for x in se)})" if se else "not run"
                 secs = statistics.fmean(x["pretrain_seconds"] for x in rows)
-                lines.append(f"| {r['budget']} | {n} | {secs:.0f} | {m:.4f} ± {s:.4f} ({', '.join(f'{x:.4f}' for x in e)}) | {ref} | {floor} |")
+                arch = {"conv": "conv (3 strided layers)", "mlp": "mlp (the paper's MNIST model)"}[r.get("arch", "conv")]
+                lines.append(f"| {arch} | {r['budget']} | {n} | {secs:.0f} | {m:.4f} ± {s:.4f} ({', '.join(f'{x:.4f}' for x in e)}) | {ref} | {floor} |")
         lines.append("")
     if any(n in res for n in UNSUP):
         lines += ["## Sample quality and training", "", "| method | FCD (own classifier) | D loss first -> last logged |", "|---|---|---|"]
@@ -177,11 +212,17 @@ def main(argv=None):
     ap.add_argument("--budget", default="60k")
     ap.add_argument("--out", default="bench-out/generative")
     ap.add_argument("--improved-labels", default="10,100", help="labels per class of the improved-gan runs")
+    ap.add_argument("--improved-arch", default="conv", choices=["conv", "mlp"],
+                    help="improved-gan's nets: the scaled conv D, or the paper's fully connected MNIST model")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed; other than 0 only with --methods infogan: trains and scores the code only")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--skip-reference", action="store_true", help="leave the classifier's real-vs-real numbers to another part")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.seed and args.methods != "infogan":
+        ap.error("--seed other than 0 is only for --methods infogan (the code accuracy over seeds)")
     command = ".venv/bin/python benchmarks/generative.py" + (f" --budget {args.budget}" if args.budget != "60k" else "")
     if not args.report_only:
         train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
@@ -198,8 +239,12 @@ def main(argv=None):
             print(f"== {name}", flush=True)
             if name == "improved-gan":
                 labels = tuple(int(x) for x in args.improved_labels.split(","))
-                res = run_improved(args.budget, out, train, test, labels=labels)
-                (out / f"improved-gan-{args.budget}.json").write_text(json.dumps(res, indent=1))
+                res = run_improved(args.budget, out, train, test, labels=labels, arch=args.improved_arch)
+                tag = "improved-gan" if args.improved_arch == "conv" else f"improved-gan-{args.improved_arch}"
+                (out / f"{tag}-{args.budget}.json").write_text(json.dumps(res, indent=1))
+            elif args.seed:
+                res = run_code_only(name, args.budget, out, test, args.seed)
+                (out / f"{name}-seed{args.seed}.json").write_text(json.dumps(res, indent=1))
             else:
                 res = run_unsup(name, args.budget, out, train, test)
                 (out / f"{name}.json").write_text(json.dumps(res, indent=1))

@@ -128,6 +128,56 @@ def test_improved_gan_has_the_papers_discriminator_and_k_plus_1_loss():
     assert float(unsupervised_loss(real, fake)) == pytest.approx(float(want), rel=1e-5)
 
 
+def test_improved_gan_mlp_is_the_papers_mnist_model(fm):
+    from unsup.methods.generative.improved_gan import PAPER_MNIST, WNLinear
+
+    train, _ = fm
+    m = make("improved-gan", **PAPER_MNIST)
+    x = torch.rand(7, 1, 28, 28) * 2 - 1
+    logits, feats = m.disc(x)
+    assert logits.shape == (7, 10) and [f.shape[1] for f in feats] == [1000, 500, 250, 250, 250]
+    assert m.encoder(torch.rand(7, 1, 28, 28)).shape == (7, m.encoder.out_dim) == (7, 2250)
+    wn = [x for x in m.disc.modules() if isinstance(x, WNLinear)]
+    assert [w.g.requires_grad for w in wn] == [False] * 5 + [True]  # hidden scales fixed by the data init; the head's trained
+    z = m.sample_latent(500, "cpu")
+    assert z.shape == (500, 100) and 0 <= float(z.min()) and float(z.max()) <= 1  # the paper's uniform noise
+    img = m.gen(z).detach()
+    assert img.shape == (500, 1, 28, 28) and -1 <= float(img.min()) and float(img.max()) <= 1
+    # the data-dependent init: pre-activations of the init batch get zero mean and unit std
+    lin, xs = WNLinear(20, 8, train_scale=False), torch.randn(300, 20) * 3 + 1
+    lin.data_init(xs)
+    t = lin(xs).detach()
+    assert torch.allclose(t.mean(0), torch.zeros(8), atol=1e-4) and torch.allclose(t.std(0, unbiased=False), torch.ones(8), atol=1e-4)
+    assert not bool(m.initialised) and float(m.disc.trunk.layers[0].b.abs().sum()) == 0
+    m.on_epoch_start(train, 0)  # draws the labelled subset and initialises D on 500 training images
+    assert bool(m.initialised) and float(m.disc.trunk.layers[0].b.abs().sum()) > 0
+    w0 = wn[0]
+    # a resumed model keeps its weights: no second init
+    m2 = make("improved-gan", **PAPER_MNIST)
+    m2.load_state_dict(m.state_dict())
+    m2.on_epoch_start(train, 0)
+    assert torch.equal(m2.disc.trunk.layers[0].b, w0.b)
+    with pytest.raises(UnsupError, match="arch"):
+        make("improved-gan", arch="resnet")
+    with pytest.raises(UnsupError, match="ema_rate"):
+        make("improved-gan", arch="mlp", ema_rate=1.0)
+
+
+def test_improved_gan_mlp_learns_and_averages_its_discriminator(fm):
+    from unsup.methods.generative.improved_gan import PAPER_MNIST
+
+    train, test = fm
+    torch.manual_seed(0)
+    m = make("improved-gan", **{**PAPER_MNIST, "ema_rate": 0.05}, labels_per_class=20, seed=1)
+    out = train_loop(m, train, "6000", TrainContext(quiet=True))
+    assert out["step"] == 60 and int(m.ema_steps) == 60
+    assert m.test_error(test) < 0.5  # chance is 0.9
+    avg, live = m.test_disc(), m.disc
+    assert avg is not live and not torch.allclose(avg.head.b, live.head.b)
+    m.cfg.ema_rate = 0.0  # the live D predicts then
+    assert m.test_disc() is live and m.test_error(test) < 0.5
+
+
 def test_semi_supervised_and_conditional_gans_refuse_bad_data(fm):
     train, _ = fm
     unlabeled = type(train)(train.name, train.images, None, [])

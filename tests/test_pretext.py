@@ -102,6 +102,30 @@ def test_context_and_cooccurrence_pairs(fm):
     assert inputs.shape[:2] == (64, 2) and set(target.tolist()) == {0, 1}
 
 
+def test_free_pair_layout_moves_the_pair_over_the_whole_image():
+    from unsup.methods.pretext.patches import NEIGHBOURS, PairGeometry
+
+    torch.manual_seed(0)
+    pinned = PairGeometry("t", 48, 0.23, 0.5, 0.0)
+    free = PairGeometry("t", 48, 0.23, 0.5, 0.0, free=True)
+    which = torch.arange(8).repeat(500)
+    a, _, _ = pinned.sample(len(which), "cpu", which)
+    assert a.min() == pinned.step and a.max() == pinned.step + 48 - pinned.span  # pinned: the centre cell only
+    a, b, w = free.sample(len(which), "cpu", which)
+    assert torch.equal(w, which) and torch.equal((b - a) // free.step, NEIGHBOURS[which])  # still the labelled neighbour
+    p = free.patch
+    for corner in (a, b):  # both patches inside the image, and they reach its edges
+        assert corner.min() == 0 and corner.max() == 48 - p
+    jit = PairGeometry("t", 48, 0.23, 0.5, 0.2, free=True)
+    a, b, _ = jit.sample(4000, "cpu")
+    assert min(a.min(), b.min()) >= 0 and max(a.max(), b.max()) <= 48 - jit.patch
+    assert ((a - b).abs().max(1).values >= jit.patch).all()  # the jittered patches never overlap
+    with pytest.raises(UnsupError, match="a pair of"):
+        PairGeometry("t", 48, 0.45, 0.5, 0.0, free=True)
+    co = Cooccurrence(CooccurrenceConfig(free_layout=True, patch_frac=0.3), SHAPE)  # too big for a 3x3 layout, fits a pair
+    assert co.make_task(torch.zeros(4, 1, 28, 28, dtype=torch.uint8))[0].shape == (4, 2, 1, co.geo.patch, co.geo.patch)
+
+
 def test_rotation_task():
     x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
     out = rotate(x.repeat(4, 1, 1, 1), torch.arange(4).repeat_interleave(2))

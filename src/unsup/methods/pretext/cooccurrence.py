@@ -42,6 +42,7 @@ class CooccurrenceConfig(PretextTask.Config):
     gap_frac: float = 0.5
     jitter_frac: float = 7 / 96
     normalise_patches: bool = True
+    free_layout: bool = False  # True: the pair anywhere in the image, not a 3x3 layout pinned to it (patches.PairGeometry)
     probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
     hidden: int = 512
     lr: float = 2e-3
@@ -59,7 +60,7 @@ class Cooccurrence(PretextTask):
     def __init__(self, cfg: CooccurrenceConfig, shape):
         super().__init__(cfg, shape)
         self.size = working_size(cfg.size, self.shape[1])
-        self.geo = PairGeometry(self.name, self.size, cfg.patch_frac, cfg.gap_frac, cfg.jitter_frac)
+        self.geo = PairGeometry(self.name, self.size, cfg.patch_frac, cfg.gap_frac, cfg.jitter_frac, cfg.free_layout)
         require_fit(self.name, 8, self.geo.patch, "the patch encoder", "raise size or patch_frac")
         self.encoder = patch_encoder(self)
         self.head = mlp_head(2 * self.encoder.out_dim, cfg.hidden, 2)

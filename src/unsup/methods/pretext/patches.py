@@ -77,17 +77,26 @@ NEIGHBOURS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1),
 class PairGeometry:
     """Doersch et al.'s layout: a centre patch and one of its 8 neighbours,
     patch side ``p``, a gap between them and a random jitter of each patch,
-    all as fractions of the patch side; the whole 3x3 layout is placed at a
-    random position inside the working image."""
+    all as fractions of the patch side.
 
-    def __init__(self, method: str, size: int, patch_frac: float, gap_frac: float, jitter_frac: float):
+    ``free=False`` (Doersch): the whole 3x3 layout is placed at a random
+    position inside the working image; on a canvas it nearly fills, the first
+    patch is always the image centre. ``free=True``: only the pair has to fit,
+    so the first patch is anywhere the chosen neighbour still fits (for
+    ``cooccurrence``: Isola et al. sample their pairs over the whole image,
+    not around its centre)."""
+
+    def __init__(self, method: str, size: int, patch_frac: float, gap_frac: float, jitter_frac: float, free: bool = False):
         self.size = size
+        self.free = free
         self.patch = max(1, round(patch_frac * size))
         self.gap = round(gap_frac * self.patch)
         self.jitter = round(jitter_frac * self.patch)
         self.step = self.patch + self.gap  # centre-to-centre distance of neighbouring cells
-        self.span = 3 * self.patch + 2 * self.gap + 2 * self.jitter
-        require_fit(method, self.span, size, f"a 3x3 layout of {self.patch}-pixel patches with gap {self.gap} and jitter {self.jitter}",
+        cells = 2 if free else 3
+        self.span = cells * self.patch + (cells - 1) * self.gap + 2 * self.jitter
+        what = "a pair" if free else "a 3x3 layout"
+        require_fit(method, self.span, size, f"{what} of {self.patch}-pixel patches with gap {self.gap} and jitter {self.jitter}",
                     "lower patch_frac / gap_frac / jitter_frac or raise size")
 
     def sample(self, b: int, device, which: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,12 +104,18 @@ class PairGeometry:
         and which neighbour (0..7) each sample got."""
         if which is None:
             which = torch.randint(0, 8, (b,), device=device)
-        slack = self.size - self.span
-        origin = torch.randint(0, slack + 1, (b, 2), device=device) + self.jitter  # top-left cell of the layout
-        centre = origin + self.step
         j = self.jitter
+        offset = NEIGHBOURS.to(device)[which] * self.step  # (B, 2): neighbour minus centre
+        if self.free:  # the centre anywhere that keeps both jittered patches inside the image
+            lo = j + (-offset).clamp(min=0)
+            hi = self.size - self.patch - j - offset.clamp(min=0)
+            centre = lo + (torch.rand(b, 2, device=device) * (hi - lo + 1)).long().clamp(max=hi - lo)
+        else:
+            slack = self.size - self.span
+            origin = torch.randint(0, slack + 1, (b, 2), device=device) + j  # top-left cell of the layout
+            centre = origin + self.step
         jit = torch.randint(-j, j + 1, (2, b, 2), device=device) if j > 0 else torch.zeros(2, b, 2, dtype=torch.long, device=device)
-        nb = centre + NEIGHBOURS.to(device)[which] * self.step
+        nb = centre + offset
         return centre + jit[0], nb + jit[1], which
 
 

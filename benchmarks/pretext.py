@@ -51,9 +51,9 @@ RUNS = {
     "jigsaw-no-gap-60k": ("jigsaw", "60k", {"tile_frac": 1.0}),  # ablation: no gaps, no jitter
     "jigsaw-15k": ("jigsaw", "15k", {}),
     "jigsaw-no-gap": ("jigsaw", "15k", {"tile_frac": 1.0}),  # ablation: no gaps, no jitter
-    "context": ("context", "320k", {}),
-    "context-seed1": ("context", "320k", {"seed": 1}),
-    "context-80k": ("context", "80k", {}),
+    "context": ("context", "320k", {"free_layout": False}),
+    "context-seed1": ("context", "320k", {"free_layout": False, "seed": 1}),
+    "context-80k": ("context", "80k", {"free_layout": False}),
     "cooccurrence": ("cooccurrence", "80k", {}),
     "cooccurrence-320k": ("cooccurrence", "320k", {}),
     "exemplar": ("exemplar", "40k", {"surrogate_classes": 500}),  # batches of 64 (the default): 625 steps
@@ -61,17 +61,17 @@ RUNS = {
     "stereo": ("stereo", "9k", {}),
     # more, smaller steps in the same images-seen budget
     "jigsaw-b32": ("jigsaw", "15k", {"batch_size": 32}),
-    "context-b64": ("context", "80k", {"batch_size": 64}),
+    "context-b64": ("context", "80k", {"free_layout": False, "batch_size": 64}),
     "cooccurrence-b64": ("cooccurrence", "80k", {"batch_size": 64}),
     # the 3x3 layout free to move (17 px of slack on a 64-pixel canvas) instead of pinned to the centred object
-    "context-s64": ("context", "80k", {"size": 64, "patch_frac": 0.17}),
-    "context-s64-ws": ("context", "80k", {"size": 64, "patch_frac": 0.17, "probe_at_working_scale": True}),
+    "context-s64": ("context", "80k", {"free_layout": False, "size": 64, "patch_frac": 0.17}),
+    "context-s64-ws": ("context", "80k", {"free_layout": False, "size": 64, "patch_frac": 0.17, "probe_at_working_scale": True}),
     "stereo-seed1": ("stereo", "9k", {"seed": 1}),  # the same run with another pretraining seed
     "stereo-no-top": ("stereo", "9k", {"global_branch": False}),  # ablation: without Deep3D's top (fc) branch
     "stereo-plain": ("stereo", "9k", {"plain_background": 0.5}),  # half the scenes on the probe images' black background
     # the patch tasks probed at the scale their filters were trained at (whole images resized to 48x48)
     "jigsaw-ws": ("jigsaw", "15k", {"probe_at_working_scale": True}),
-    "context-ws": ("context", "80k", {"probe_at_working_scale": True}),
+    "context-ws": ("context", "80k", {"free_layout": False, "probe_at_working_scale": True}),
     "cooccurrence-ws": ("cooccurrence", "80k", {"probe_at_working_scale": True}),
     # fifth session: the pair anywhere in the image (Isola et al. sample pairs over the whole image), not a 3x3
     # layout pinned to the centred object, where the first patch was always the image centre
@@ -89,6 +89,7 @@ RUNS = {
     "cooccurrence-free-320k": ("cooccurrence", "320k", {"free_layout": True}),
     # fifth session: the paper's 1000 permutations (Noroozi & Favaro's best transfer; the default 100 dates from the 15k budget)
     "jigsaw-p1000": ("jigsaw", "60k", {"permutations": 1000}),
+    "jigsaw-p1000-seed1": ("jigsaw", "60k", {"permutations": 1000, "seed": 1}),
     "cooccurrence-seed1": ("cooccurrence", "80k", {"seed": 1}),
 }
 CHANCE = {"rotation": 1 / 4, "jigsaw": 1 / 100, "context": 1 / 8, "cooccurrence": 1 / 2, "exemplar": 1 / 500}

@@ -122,6 +122,9 @@ def test_free_pair_layout_moves_the_pair_over_the_whole_image():
     assert ((a - b).abs().max(1).values >= jit.patch).all()  # the jittered patches never overlap
     with pytest.raises(UnsupError, match="a pair of"):
         PairGeometry("t", 48, 0.45, 0.5, 0.0, free=True)
+    ctx = Context(ContextConfig(), SHAPE)  # the default, as Doersch samples: the first patch is not always the centre
+    a, _, _ = ctx.geo.sample(2000, "cpu")
+    assert a.min() <= 2 and a.max() >= 48 - ctx.geo.patch - 2
     co = Cooccurrence(CooccurrenceConfig(free_layout=True, patch_frac=0.3), SHAPE)  # too big for a 3x3 layout, fits a pair
     assert co.make_task(torch.zeros(4, 1, 28, 28, dtype=torch.uint8))[0].shape == (4, 2, 1, co.geo.patch, co.geo.patch)
 

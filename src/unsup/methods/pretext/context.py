@@ -11,10 +11,15 @@ textures cannot simply be continued; patches are mean/std normalised.
 
 Geometry, as fractions so any image size gets the paper's proportions: the
 paper uses 96-pixel patches with 48-pixel gaps and up to 7 pixels of jitter.
-Fashion-MNIST images fill their frame, so the 3x3 layout spans the image: a
-28x28 image is resized to 48x48 (``size``; 0 = auto: max(48, native)) and
+A 28x28 image is resized to 48x48 (``size``; 0 = auto: max(48, native)) and
 patches are 11 pixels (patch_frac 0.23) with a 6-pixel gap and 1 pixel of
-jitter. The patch encoder is the shared backbone with global pooling, so at
+jitter. As in the paper, the first patch is sampled anywhere and the second
+at one of its 8 neighbouring positions (``free_layout``, the default). With
+``free_layout=False`` the whole 3x3 layout must fit; on a 48-pixel canvas it
+spans the image (1 pixel of slack), so the first patch was always the image
+centre: the encoder saw patches from 9 fixed places of centred objects only
+and probed at or below the random encoder on Fashion-MNIST (benchmarks/results/pretext.md,
+fifth session). The patch encoder is the shared backbone with global pooling, so at
 probe time it takes whole images.
 Its batch-norm statistics are recorded on whole images (``task.py``), and
 ``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
@@ -41,7 +46,7 @@ class ContextConfig(PretextTask.Config):
     gap_frac: float = 0.5  # gap / patch side (48/96 in the paper)
     jitter_frac: float = 7 / 96  # jitter / patch side
     normalise_patches: bool = True
-    free_layout: bool = False  # True: the pair anywhere in the image, not a 3x3 layout pinned to it (patches.PairGeometry)
+    free_layout: bool = True  # the paper's sampling: the pair anywhere in the image; False: a 3x3 layout that must fit (pinned on 48x48)
     probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
     hidden: int = 512
     lr: float = 2e-3

@@ -48,6 +48,7 @@ RUNS = {
     # pairs, its features got worse with 4x (row cooccurrence-320k)
     "jigsaw": ("jigsaw", "60k", {}),
     "jigsaw-seed1": ("jigsaw", "60k", {"seed": 1}),
+    "jigsaw-seed2": ("jigsaw", "60k", {"seed": 2}),  # fifth session: a third pretraining seed for the linear@10 tie
     "jigsaw-no-gap-60k": ("jigsaw", "60k", {"tile_frac": 1.0}),  # ablation: no gaps, no jitter
     "jigsaw-15k": ("jigsaw", "15k", {}),
     "jigsaw-no-gap": ("jigsaw", "15k", {"tile_frac": 1.0}),  # ablation: no gaps, no jitter
@@ -86,6 +87,7 @@ RUNS = {
     "context-free-80k": ("context", "80k", {"free_layout": True}),
     "context-free": ("context", "320k", {"free_layout": True}),
     "context-free-seed1": ("context", "320k", {"free_layout": True, "seed": 1}),
+    "context-free-seed2": ("context", "320k", {"free_layout": True, "seed": 2}),
     "cooccurrence-free-320k": ("cooccurrence", "320k", {"free_layout": True}),
     # fifth session: the paper's 1000 permutations (Noroozi & Favaro's best transfer; the default 100 dates from the 15k budget)
     "jigsaw-p1000": ("jigsaw", "60k", {"permutations": 1000}),

@@ -79,12 +79,12 @@ class PairGeometry:
     patch side ``p``, a gap between them and a random jitter of each patch,
     all as fractions of the patch side.
 
-    ``free=False`` (Doersch): the whole 3x3 layout is placed at a random
-    position inside the working image; on a canvas it nearly fills, the first
-    patch is always the image centre. ``free=True``: only the pair has to fit,
-    so the first patch is anywhere the chosen neighbour still fits (for
-    ``cooccurrence``: Isola et al. sample their pairs over the whole image,
-    not around its centre)."""
+    ``free=True`` (how Doersch et al. sample; context's default): only the
+    pair has to fit, so the first patch is anywhere the chosen neighbour still
+    fits. ``free=False``: the whole 3x3 layout is placed at a random position
+    inside the working image; on a canvas it nearly fills (3 patches of 0.23
+    of the side, half-patch gaps: 1 pixel of slack at 48x48) the first patch
+    is always the image centre and the second one of 8 fixed places."""
 
     def __init__(self, method: str, size: int, patch_frac: float, gap_frac: float, jitter_frac: float, free: bool = False):
         self.size = size

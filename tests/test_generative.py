@@ -163,7 +163,7 @@ def test_improved_gan_mlp_is_the_papers_mnist_model(fm):
         make("improved-gan", arch="mlp", ema_rate=1.0)
 
 
-def test_improved_gan_mlp_learns_and_averages_its_discriminator(fm):
+def test_improved_gan_mlp_learns_and_averages_its_discriminator(fm, tmp_path):
     from unsup.methods.generative.improved_gan import PAPER_MNIST
 
     train, test = fm
@@ -176,6 +176,9 @@ def test_improved_gan_mlp_learns_and_averages_its_discriminator(fm):
     assert avg is not live and not torch.allclose(avg.head.b, live.head.b)
     m.cfg.ema_rate = 0.0  # the live D predicts then
     assert m.test_disc() is live and m.test_error(test) < 0.5
+    s = m.sample(6)
+    assert s.shape == (6, 1, 28, 28) and 0 <= float(s.min()) and float(s.max()) <= 1
+    assert {p.name for p in m.figures(test, tmp_path)} == {"samples.png", "interpolation.png"}
 
 
 def test_semi_supervised_and_conditional_gans_refuse_bad_data(fm):

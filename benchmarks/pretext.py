@@ -89,6 +89,10 @@ RUNS = {
     "context-free-seed1": ("context", "320k", {"free_layout": True, "seed": 1}),
     "context-free-seed2": ("context", "320k", {"free_layout": True, "seed": 2}),
     "cooccurrence-free-320k": ("cooccurrence", "320k", {"free_layout": True}),
+    # fifth session, chosen after the probe numbers above: bigger patches (16 px of 48, a third of the side; only a free
+    # pair fits), since one 11-pixel patch carries little of the garment's class
+    "cooccurrence-free-p33": ("cooccurrence", "80k", {"free_layout": True, "patch_frac": 0.33}),
+    "cooccurrence-free-p33-320k": ("cooccurrence", "320k", {"free_layout": True, "patch_frac": 0.33}),
     # fifth session: the paper's 1000 permutations (Noroozi & Favaro's best transfer; the default 100 dates from the 15k budget)
     "jigsaw-p1000": ("jigsaw", "60k", {"permutations": 1000}),
     "jigsaw-p1000-seed1": ("jigsaw", "60k", {"permutations": 1000, "seed": 1}),

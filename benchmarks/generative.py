@@ -91,9 +91,14 @@ def run_code_only(name, budget, out, test, seed):
             "code_accuracy": method.code_accuracy(test.images, test.labels), "run": str(run)}
 
 
+def improved_tag(arch: str) -> str:
+    """The name of an improved-gan set's runs and JSON file (the conv default keeps the plain name)."""
+    return "improved-gan" if arch == "conv" else f"improved-gan-{arch}"
+
+
 def run_improved(budget, out, train, test, seeds=3, labels=(10, 100), arch="conv"):
     rows = []
-    tag = "improved-gan" if arch == "conv" else f"improved-gan-{arch}"
+    tag = improved_tag(arch)
     opts = improved_options(arch, budget)
     for n in labels:
         for s in range(seeds):
@@ -240,8 +245,7 @@ def main(argv=None):
             if name == "improved-gan":
                 labels = tuple(int(x) for x in args.improved_labels.split(","))
                 res = run_improved(args.budget, out, train, test, labels=labels, arch=args.improved_arch)
-                tag = "improved-gan" if args.improved_arch == "conv" else f"improved-gan-{args.improved_arch}"
-                (out / f"{tag}-{args.budget}.json").write_text(json.dumps(res, indent=1))
+                (out / f"{improved_tag(args.improved_arch)}-{args.budget}.json").write_text(json.dumps(res, indent=1))
             elif args.seed:
                 res = run_code_only(name, args.budget, out, test, args.seed)
                 (out / f"{name}-seed{args.seed}.json").write_text(json.dumps(res, indent=1))

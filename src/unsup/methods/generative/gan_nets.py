@@ -193,8 +193,12 @@ class GanMethod(Method):
     def latent_dim(self) -> int:
         return self.cfg.z_dim
 
+    uniform_latent = False  # True: z ~ U[0, 1) (e.g. the improved GAN's MNIST G); False: N(0, I)
+
     def sample_latent(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim(), generator=generator, device="cpu").to(device)
+        # a seeded draw (figures, samples) uses its CPU generator; a training step draws on the device, no copy
+        draw = torch.rand if self.uniform_latent else torch.randn
+        return draw(n, self.latent_dim(), generator=generator, device="cpu" if generator is not None else device).to(device)
 
     def generate(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent codes -> images in [-1, 1]."""

@@ -282,6 +282,7 @@ class ImprovedGAN(GanMethod):
         if not 0 <= cfg.ema_rate < 1:
             raise UnsupError(f"improved-gan: ema_rate must be in [0, 1), got {cfg.ema_rate}")
         if cfg.arch == "mlp":
+            self.uniform_latent = True  # the paper's MNIST G: uniform noise
             self.gen = MLPGenerator(cfg.z_dim, c, s)
             self.disc = MLPDiscriminator(c * s * s, cfg.num_classes)
             self.encoder = MLPFeatures(self.disc.trunk, c, s)
@@ -295,11 +296,6 @@ class ImprovedGAN(GanMethod):
             for p in self.disc_avg.parameters():
                 p.zero_()
             self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
-
-    def sample_latent(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.cfg.arch == "mlp":  # the paper's MNIST G: uniform noise
-            return torch.rand(n, self.latent_dim(), generator=generator, device="cpu").to(device)
-        return super().sample_latent(n, device, generator)
 
     def _conv_nets(self, cfg, c, s):
         self.gen = Generator(cfg.z_dim, c, s, cfg.g_width)

@@ -205,10 +205,49 @@ def test_infogan_factored_continuous_code():
     m = make("infogan", continuous_nll="factored")
     assert m.q[-1].out_features == 10 + 2 * 2  # categorical logits, then mean and log-std of each continuous code
     latent = m.sample_latent(16, "cpu")
-    loss, _ = m.info_loss(m.disc(m.gen(latent))[1][-1], latent)
+    loss, _ = m.info_loss(m.disc(m.gen(latent))[1], latent)
     assert math.isfinite(loss.item()) and loss.requires_grad
     with pytest.raises(UnsupError, match="continuous_nll"):
         make("infogan", continuous_nll="laplace")
+    with pytest.raises(UnsupError, match="z_prior"):
+        make("infogan", z_prior="laplace")
+
+
+def test_infogan_official_prior_and_nets():
+    torch.manual_seed(0)
+    m = make("infogan")
+    latent = m.sample_latent(2000, "cpu")
+    z, onehot, cont = latent[:, :62], latent[:, 62:72], latent[:, 72:]
+    assert z.abs().max() <= 1 and z.min() < -0.9 and z.max() > 0.9 and abs(float(z.mean())) < 0.05  # U[-1, 1]
+    assert (onehot.sum(1) == 1).all() and cont.abs().max() <= 1
+    seeded = [m.sample_latent(4, "cpu", torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(*seeded)
+    # D: conv trunk -> shared fc 1024 BN LeakyReLU -> logit; Q: fc 128 BN LeakyReLU -> codes, both on the shared layer
+    fc = m.disc.shared[1]
+    assert fc.out_features == 1024 and m.disc.head.in_features == 1024 and m.q[0].in_features == 1024
+    assert isinstance(m.q[1], torch.nn.BatchNorm1d) and m.q[-1].out_features == 10 + 2
+    # old model (fifth session) still reachable: Q without batch norm on the last conv layer
+    old = make("infogan", z_prior="gaussian", d_hidden=0, q_bn=False, fc_leak=0.2, continuous_weight=0.1)
+    assert old.q[0].in_features == old.disc.head.in_features == 4 * 8 * 4 * 4
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in old.q)
+
+
+def test_infogan_q_batch_norm_keeps_real_statistics():
+    torch.manual_seed(0)
+    m = make("infogan")
+    real = torch.rand(32, 1, 28, 28) * 2 - 1
+    bn = m.q[1]
+    before = bn.running_mean.clone()
+    with torch.no_grad():
+        m._latent = m.sample_latent(32, "cpu")
+        m._fake = m.gen(m._latent)
+        m.g_step_loss(real, None)  # generated batch only: running statistics untouched
+    assert torch.equal(bn.running_mean, before)
+    with torch.no_grad():
+        m.d_step_loss(real, None)  # the real batch moves them
+        h = m.disc.features(real)  # train mode: batch statistics, as in the step
+        expected = 0.9 * before + 0.1 * m.q[0](h).mean(0)
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
 
 
 def test_text_descriptions_and_matching_attributes(fm):

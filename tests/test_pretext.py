@@ -302,3 +302,48 @@ def test_exemplar_surrogate_classes_are_learnt_with_the_default_small_batches(fm
     torch.manual_seed(1)
     acc = sum(m.pretext_accuracy() for _ in range(4)) / 4  # 4 x 20 fresh transformed views
     assert acc > 0.25  # chance is 1/20
+
+
+def test_per_patch_fc_reads_the_unpooled_map(fm):
+    """jigsaw's tile_fc / cooccurrence's patch_fc: a fully connected layer on each
+    patch's spatial map (before global pooling); the probed encoder is unchanged."""
+    from unsup.methods.pretext.patches import spatial_map
+
+    torch.manual_seed(0)
+    m = Jigsaw(JigsawConfig(permutations=10, tile_fc=16), SHAPE)
+    x = fm.images[:4]
+    tiles, target = m.make_task(x)
+    flat = tiles.flatten(0, 1)
+    m.encoder.eval()
+    fmap = spatial_map(m.encoder, flat)
+    assert fmap.shape[:2] == (36, m.encoder.out_dim) and fmap.shape[2] > 1  # spatial, not pooled
+    assert torch.allclose(fmap.mean((2, 3)), m.encoder(flat), atol=1e-5)  # the map the pooled feature averages
+    m.train()
+    logits = m.logits(tiles)
+    assert logits.shape == (4, 10) and m.head[0].in_features == 9 * 16
+    torch.nn.functional.cross_entropy(logits, target).backward()
+    assert m.encoder.net.features[0][0].weight.grad.abs().sum() > 0  # the encoder learns through the fc
+    assert m.encoder(x.float() / 255).shape == (4, m.encoder.out_dim)  # probed as before: whole images, pooled
+    co = Cooccurrence(CooccurrenceConfig(patch_fc=8), SHAPE)
+    assert co.logits(co.make_task(x)[0]).shape == (4, 2) and co.head[0].in_features == 16
+    # off by default: the pooled features go to the head
+    assert Jigsaw(JigsawConfig(permutations=10), SHAPE).tile_fc is None
+    with pytest.raises(UnsupError, match="tile_fc"):
+        Jigsaw(JigsawConfig(tile_fc=-1), SHAPE)
+    with pytest.raises(UnsupError, match="patch_fc"):
+        Cooccurrence(CooccurrenceConfig(patch_fc=-1), SHAPE)
+
+
+def test_crop_resize_random_scale():
+    """crop_min > 0: each image's crop side is drawn in [crop_min, crop_frac]; 0: one fixed side."""
+    from unsup.methods.pretext.patches import crop_resize
+
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 64).expand(64, 1, 64, 64).contiguous()  # value = horizontal position
+    span = lambda out: out[:, 0, 0, -1] - out[:, 0, 0, 0]  # noqa: E731  (about the crop side)
+    fixed = span(crop_resize(ramp, 32, 0.8))
+    assert torch.allclose(fixed, fixed[0].expand(64), atol=1e-4) and abs(float(fixed[0]) - 0.8) < 0.05
+    varied = span(crop_resize(ramp, 32, 0.9, crop_min=0.4))
+    assert varied.min() > 0.35 and varied.max() < 0.95 and varied.max() - varied.min() > 0.3
+    with pytest.raises(UnsupError, match="crop_min"):
+        Jigsaw(JigsawConfig(crop_min=0.95), SHAPE)

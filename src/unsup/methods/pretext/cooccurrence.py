@@ -34,8 +34,9 @@ from dataclasses import dataclass
 import torch
 
 from ...data.augment import to_float
+from ...errors import UnsupError
 from ...registry import register
-from .patches import PairGeometry, crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
+from .patches import PairGeometry, PatchFC, crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
 from .task import PretextTask, mlp_head
 
 
@@ -49,6 +50,7 @@ class CooccurrenceConfig(PretextTask.Config):
     normalise_patches: bool = True
     free_layout: bool = False  # True: the pair anywhere in the image, not a 3x3 layout pinned to it (patches.PairGeometry)
     probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
+    patch_fc: int = 0  # >0: a per-patch fully connected layer (this many units) on each patch's unpooled map; 0: pooled features
     hidden: int = 512
     lr: float = 2e-3
     batch_size: int = 256
@@ -68,7 +70,10 @@ class Cooccurrence(PretextTask):
         self.geo = PairGeometry(self.name, self.size, cfg.patch_frac, cfg.gap_frac, cfg.jitter_frac, cfg.free_layout)
         require_fit(self.name, 8, self.geo.patch, "the patch encoder", "raise size or patch_frac")
         self.encoder = patch_encoder(self)
-        self.head = mlp_head(2 * self.encoder.out_dim, cfg.hidden, 2)
+        if cfg.patch_fc < 0:
+            raise UnsupError(f"cooccurrence: patch_fc={cfg.patch_fc} must be >= 0 (0 = no per-patch fc)")
+        self.patch_fc = PatchFC(self.encoder, self.shape[0], self.geo.patch, cfg.patch_fc) if cfg.patch_fc else None
+        self.head = mlp_head(2 * (cfg.patch_fc or self.encoder.out_dim), cfg.hidden, 2)
 
     def make_task(self, images):
         x = crop_resize(to_float(images), self.size, self.cfg.crop_frac)
@@ -88,7 +93,9 @@ class Cooccurrence(PretextTask):
 
     def logits(self, inputs):
         b = inputs.shape[0]
-        return self.head(self.encoder(inputs.flatten(0, 1)).reshape(b, -1))
+        p = inputs.flatten(0, 1)
+        f = self.patch_fc(self.encoder, p) if self.patch_fc is not None else self.encoder(p)
+        return self.head(f.reshape(b, -1))
 
     def task_picture(self, images):
         p, _ = self.make_task(images[:8])

@@ -33,7 +33,7 @@ import torch
 from ...data.augment import to_float
 from ...errors import UnsupError
 from ...registry import register
-from .patches import crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
+from .patches import PatchFC, crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
 from .task import PretextTask, mlp_head
 
 
@@ -74,10 +74,12 @@ def hamming_permutations(n: int, seed: int = 0) -> torch.Tensor:
 class JigsawConfig(PretextTask.Config):
     size: int = 0  # working image side before tiling; 0 = auto (max(48, native))
     crop_frac: float = 225 / 256  # the paper's random crop of the resized image
+    crop_min: float = 0.0  # >0: each image's crop side drawn uniformly in [crop_min, crop_frac] (the grid at a random scale)
     tile_frac: float = 64 / 75  # tile side / cell side; 1.0 = no gap, no jitter (the ablation)
     permutations: int = 100
     normalise_tiles: bool = True
     probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
+    tile_fc: int = 0  # >0: the paper's per-tile fc6 (this many units) on each tile's unpooled map; 0: pooled features
     hidden: int = 512  # fc7, scaled from 4096
     lr: float = 2e-3
     batch_size: int = 128
@@ -96,6 +98,8 @@ class Jigsaw(PretextTask):
         self.size = working_size(cfg.size, h)
         self.cell = self.size // 3
         self.tile = max(1, round(cfg.tile_frac * self.cell))
+        if not 0 <= cfg.crop_min <= cfg.crop_frac:
+            raise UnsupError(f"jigsaw: crop_min={cfg.crop_min} must be in [0, crop_frac={cfg.crop_frac}] (0 = a fixed crop side)")
         if not 0 < cfg.tile_frac <= 1:
             raise UnsupError(f"jigsaw: tile_frac={cfg.tile_frac} must be in (0, 1] (tile side / cell side)")
         require_fit("jigsaw", 3 * self.cell, self.size, "a 3x3 grid of cells", "raise size")
@@ -104,11 +108,15 @@ class Jigsaw(PretextTask):
         self.classes = cfg.permutations
         self.register_buffer("perms", hamming_permutations(cfg.permutations), persistent=False)
         self.encoder = patch_encoder(self)
-        self.head = mlp_head(9 * self.encoder.out_dim, cfg.hidden, cfg.permutations)
+        if cfg.tile_fc < 0:
+            raise UnsupError(f"jigsaw: tile_fc={cfg.tile_fc} must be >= 0 (0 = no per-tile fc6)")
+        self.tile_fc = PatchFC(self.encoder, self.shape[0], self.tile, cfg.tile_fc) if cfg.tile_fc else None
+        per_tile = cfg.tile_fc or self.encoder.out_dim
+        self.head = mlp_head(9 * per_tile, cfg.hidden, cfg.permutations)
 
     def tiles(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 9, C, t, t) tiles in reading order, each at a random offset inside its cell."""
-        x = crop_resize(to_float(images), self.size, self.cfg.crop_frac)
+        x = crop_resize(to_float(images), self.size, self.cfg.crop_frac, self.cfg.crop_min)
         b, dev = len(x), x.device
         grid = torch.arange(3, device=dev) * self.cell
         top = grid.repeat_interleave(3).expand(b, 9)
@@ -130,7 +138,8 @@ class Jigsaw(PretextTask):
 
     def logits(self, inputs):
         b = inputs.shape[0]
-        f = self.encoder(inputs.flatten(0, 1))
+        t = inputs.flatten(0, 1)
+        f = self.tile_fc(self.encoder, t) if self.tile_fc is not None else self.encoder(t)
         return self.head(f.reshape(b, -1))
 
     def task_picture(self, images):

@@ -33,15 +33,20 @@ def require_fit(method: str, need: int, size: int, what: str, fix: str) -> None:
         raise UnsupError(f"{method}: {what} needs {need}x{need} pixels but the working image is {size}x{size}; {fix}")
 
 
-def crop_resize(x: torch.Tensor, size: int, crop_frac: float = 1.0) -> torch.Tensor:
+def crop_resize(x: torch.Tensor, size: int, crop_frac: float = 1.0, crop_min: float = 0.0) -> torch.Tensor:
     """Per-sample random square crop of side ``crop_frac`` of the image,
-    resized to ``size`` x ``size`` (bilinear); float in, float out."""
+    resized to ``size`` x ``size`` (bilinear); float in, float out. With
+    ``crop_min > 0`` each image's crop side is drawn uniformly in
+    ``[crop_min, crop_frac]`` instead (then placed at random as before)."""
     b = x.shape[0]
     dev = x.device
-    s = float(crop_frac)
+    if crop_min > 0:
+        s = crop_min + torch.rand(b, 1, device=dev, dtype=x.dtype) * (float(crop_frac) - crop_min)
+    else:
+        s = float(crop_frac)
     theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
-    theta[:, 0, 0] = s
-    theta[:, 1, 1] = s
+    theta[:, 0, 0] = s if isinstance(s, float) else s[:, 0]
+    theta[:, 1, 1] = s if isinstance(s, float) else s[:, 0]
     theta[:, :, 2] = (torch.rand(b, 2, device=dev, dtype=x.dtype) * 2 - 1) * (1 - s)
     grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -141,3 +146,47 @@ def patch_encoder(method) -> nn.Module:
     if getattr(method.cfg, "probe_at_working_scale", False):
         enc.net = AtWorkingScale(enc.net, method.shape[1], method.size)
     return enc
+
+
+def _last_pool(encoder: nn.Module) -> nn.Module:
+    pools = [m for m in encoder.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    if not pools:
+        raise UnsupError(f"{type(encoder).__name__}: no global pooling layer to read the spatial feature map from")
+    return pools[-1]
+
+
+def spatial_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's feature map just before its global pooling, ``(B, D, h, w)``
+    (read with a temporary hook on the last pooling layer; the pooled output is
+    computed too and discarded)."""
+    seen: list[torch.Tensor] = []
+    handle = _last_pool(encoder).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        encoder(x)
+    finally:
+        handle.remove()
+    return seen[-1]
+
+
+class PatchFC(nn.Module):
+    """The papers' per-patch fully connected layer (Noroozi & Favaro's fc6, the
+    top of each siamese branch in Doersch et al. and Isola et al.) on the shared
+    encoder's unpooled map of one patch: the spatial layout inside the patch
+    reaches the head through this layer's weights, so the convolutional
+    features need not encode it themselves (through zero-padding borders,
+    which whole images at probe time do not have). Shape: patches
+    ``(N, C, p, p)`` -> ``(N, out_dim)``; only the encoder (convs + global
+    pooling) is probed."""
+
+    def __init__(self, encoder: nn.Module, in_channels: int, patch: int, out_dim: int):
+        super().__init__()
+        was = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            d = spatial_map(encoder, torch.zeros(1, in_channels, patch, patch)).flatten(1).shape[1]
+        encoder.train(was)
+        self.fc = nn.Sequential(nn.Linear(d, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True))
+        self.out_dim = out_dim
+
+    def forward(self, encoder: nn.Module, patches: torch.Tensor) -> torch.Tensor:
+        return self.fc(spatial_map(encoder, patches).flatten(1))

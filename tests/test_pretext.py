@@ -347,3 +347,20 @@ def test_crop_resize_random_scale():
     assert varied.min() > 0.35 and varied.max() < 0.95 and varied.max() - varied.min() > 0.3
     with pytest.raises(UnsupError, match="crop_min"):
         Jigsaw(JigsawConfig(crop_min=0.95), SHAPE)
+
+
+def test_stereo_grounded_objects_stand_on_the_plane(fm):
+    """grounded=True: an object's disparity is the plane's at its foot row (within a pixel), so over the
+    background drawn at the same place it rises at most by the plane's slope over the object's height;
+    free objects (the default) stand anywhere in front, often far nearer."""
+    objects = fm.images[:64]
+    def lift(grounded):
+        torch.manual_seed(0)  # the same draws with blank objects give the bare background
+        bare = render_stereo(torch.zeros_like(objects), texture_bank(), 48, 16, 2, grounded=grounded)[2]
+        torch.manual_seed(0)
+        disp = render_stereo(objects, texture_bank(), 48, 16, 2, grounded=grounded)[2]
+        return disp - bare
+    bound = 0.4 * 15 * (1.3 * 28 / 48) + 1  # the steepest slope over the tallest object, plus the pixel
+    grounded, free = lift(True), lift(False)
+    assert grounded.min() > -0.2 and grounded.max() <= bound
+    assert free.max() > bound + 2

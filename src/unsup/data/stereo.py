@@ -6,10 +6,11 @@ Two sources:
   dataset's objects. A textured background (a natural texture shipped with
   scikit-image, never the test pair) is a slanted plane that recedes upward,
   as ground planes and floors do (disparity grows towards the bottom), and
-  dataset objects (their nonzero pixels, e.g. Fashion-MNIST clothes) stand in
-  front of it at random depths. The plane's disparity spans most of the
-  levels (its far edge anywhere in 0..0.6 of the top level), so texture alone
-  does not say "far". Each layer is warped by ``grid_sample``; the
+  dataset objects (their nonzero pixels, e.g. Fashion-MNIST clothes) stand on
+  it at random places, at the plane's disparity where their foot is
+  (``grounded``), or float in front of it at random depths. The plane's
+  disparity spans most of the levels (its far edge anywhere in 0..0.6 of the
+  top level), so texture alone does not say "far". Each layer is warped by ``grid_sample``; the
   right view samples every layer ``d`` pixels further right (a point at
   disparity ``d`` on the right view's grid is seen at ``x + d`` in the left
   view), layers are composited far to near, and the disparity map on the
@@ -69,12 +70,15 @@ def _sample(img: torch.Tensor, u: torch.Tensor, v: torch.Tensor, w: float, h: fl
 
 
 def render_stereo(objects: torch.Tensor, textures: torch.Tensor, size: int = 48, levels: int = 16, n_objects: int = 2,
-                  object_scale: tuple[float, float] = (0.8, 1.3), plain: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  object_scale: tuple[float, float] = (0.8, 1.3), plain: float = 0.0,
+                  grounded: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scenes from ``objects`` (uint8 (B, C, h, w); each scene uses sample i and
     its ``n_objects - 1`` successors) over ``textures`` (uint8 (K, 1, T, T)).
     A fraction ``plain`` of the scenes get a black background instead of the
     texture (the objects' own dataset background; a flat plane carries no
-    disparity signal, the objects still do).
+    disparity signal, the objects still do). ``grounded``: each object's
+    disparity is the plane's at its foot row (plus up to one pixel), else
+    anywhere between that and the nearest level.
     Returns left, right (float (B, C, S, S) in [0, 1]) and the disparity on the
     right view's grid (B, 1, S, S), in pixels, within [0, levels - 1]."""
     b, c, oh, ow = objects.shape
@@ -106,20 +110,29 @@ def render_stereo(objects: torch.Tensor, textures: torch.Tensor, size: int = 48,
         bg = _sample(t, ox + (xs + shift) * zoom, oy + ys * zoom, t.shape[-1], t.shape[-2], "reflection")
         views.append(((bg - 0.5) * contrast + 0.5) * textured)
         disps.append(bg_disp.unsqueeze(1).clone())
-    # objects: sorted far to near, each in front of the background where it stands
-    depth = u(b, n_objects).sort(1).values
-    for k in range(n_objects):
-        o = obj.roll(-k, 0)
-        side = u(b, 1, 1, lo=object_scale[0] * oh, hi=object_scale[1] * oh)
-        px, py = u(b, 1, 1, lo=-0.2, hi=0.8) * size, u(b, 1, 1, lo=-0.1, hi=0.7) * size
-        foot = (d0 + slope * ((py + side) / size).clamp(max=1)).view(b)
-        d = (foot + 1 + depth[:, k] * (top - foot - 1).clamp(min=0)).clamp(max=top).view(b, 1, 1)
+    # objects: each in front of the background where it stands (grounded: on it, at its foot row's disparity),
+    # composited far to near
+    depth = u(b, n_objects)
+    side = u(b, n_objects, lo=object_scale[0] * oh, hi=object_scale[1] * oh)
+    px, py = u(b, n_objects, lo=-0.2, hi=0.8) * size, u(b, n_objects, lo=-0.1, hi=0.7) * size
+    foot = d0.view(b, 1) + slope.view(b, 1) * ((py + side) / size).clamp(max=1)
+    if grounded:
+        d = (foot + depth).clamp(max=top)  # standing on the plane: within a pixel of its disparity at the foot row
+    else:
+        d = (foot + 1 + depth * (top - foot - 1).clamp(min=0)).clamp(max=top)
+    order = d.argsort(1)
+    rows = torch.arange(b, device=dev)
+    for r in range(n_objects):
+        k = order[:, r]
+        o = obj[(rows + k) % b]  # scene i uses sample i and its successors
+        s_, x_, y_ = (v[rows, k].view(b, 1, 1) for v in (side, px, py))
+        dk = d[rows, k].view(b, 1, 1)
         gain = u(b, 1, 1, 1, lo=0.7, hi=1.3)
-        for i, shift in enumerate((torch.zeros_like(d), d)):
-            patch = _sample(o, (xs + shift - px) / side * ow, (ys - py) / side * oh, ow, oh, "zeros")
+        for i, shift in enumerate((torch.zeros_like(dk), dk)):
+            patch = _sample(o, (xs + shift - x_) / s_ * ow, (ys - y_) / s_ * oh, ow, oh, "zeros")
             alpha = (patch.mean(1, keepdim=True) * 20).clamp(0, 1)  # the object's nonzero pixels
             views[i] = views[i] * (1 - alpha) + alpha * (patch * gain).clamp(0, 1)
-            disps[i] = disps[i] * (1 - alpha) + alpha * d.unsqueeze(1)
+            disps[i] = disps[i] * (1 - alpha) + alpha * dk.unsqueeze(1)
     return views[0].clamp(0, 1), views[1].clamp(0, 1), disps[1]
 
 

@@ -97,6 +97,11 @@ RUNS = {
     "jigsaw-p1000": ("jigsaw", "60k", {"permutations": 1000}),
     "jigsaw-p1000-seed1": ("jigsaw", "60k", {"permutations": 1000, "seed": 1}),
     "cooccurrence-seed1": ("cooccurrence", "80k", {"seed": 1}),
+    # sixth session, chosen on the validation probe (benchmarks/pretext_val.py, training split only): a per-patch fully
+    # connected layer on each patch's unpooled 2x2 map (the top of each siamese branch) instead of the pooled feature
+    "cooccurrence-fc": ("cooccurrence", "80k", {"patch_fc": 128}),
+    "cooccurrence-fc-seed1": ("cooccurrence", "80k", {"patch_fc": 128, "seed": 1}),
+    "cooccurrence-fc-seed2": ("cooccurrence", "80k", {"patch_fc": 128, "seed": 2}),
 }
 CHANCE = {"rotation": 1 / 4, "jigsaw": 1 / 100, "context": 1 / 8, "cooccurrence": 1 / 2, "exemplar": 1 / 500}
 PROBE_TRAIN, PROBE_TEST = 6_000, 3_000  # fixed subsets of the splits (the shared CPU cannot afford 70k images x 8 encoders)

@@ -20,6 +20,18 @@ shared backbone with global pooling, so at probe time it takes whole images.
 Its batch-norm statistics are recorded on whole images (``task.py``), and
 ``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
 (the scale its filters were trained at; off by default: 3x the probe cost).
+
+``tile_fc > 0`` puts the paper's per-tile fc6 (this many units, scaled down)
+on each tile's unpooled feature map instead of concatenating globally pooled
+tile features: with pooling, where an edge lies inside a tile can only reach
+the head through the zero-padding borders of the 14-pixel tile (the trained
+encoder's features on a blank image sit 95% on the border ring of the map);
+only the convolutional encoder is probed. ``crop_min > 0`` draws each image's
+crop side in ``[crop_min, crop_frac]`` (Fashion-MNIST objects are centred, so
+with a fixed crop a single tile's content gives away its grid position; a
+linear read-out of one tile's random-encoder features finds it 47% of the
+time, chance 11%). Both are off by default; benchmarks/results/pretext.md,
+sixth session, has what they measured.
 """
 
 from __future__ import annotations

@@ -27,6 +27,12 @@ from unsup.registry import all_methods
 from unsup.run import RunDir, load_method
 
 
+def one_line(e: Exception) -> str:
+    """An exception as one table cell: its type and the last non-empty line of its message (no newlines, no pipes)."""
+    msg = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {(msg[-1] if msg else '')[:160]}".replace("|", "/")
+
+
 def steady_rate(run: Path) -> float:
     """Images per second between the second and the last logged step (skips warm-up and compilation)."""
     rows = [r for r in RunDir(run).metrics() if "images_seen" in r and "seconds" in r and "step" in r]
@@ -80,6 +86,7 @@ def main() -> None:
     ap.add_argument("--smoke-budget", default="4k")
     ap.add_argument("--speed-budget", default="60k")
     ap.add_argument("--methods", default="", help="comma-separated subset for the smoke test (default: all)")
+    ap.add_argument("--no-smoke", action="store_true", help="skip the every-method smoke table (throughput and probe only)")
     args = ap.parse_args()
     dev, root = args.device, Path(args.root)
     lines = [f"# CUDA path check ({datetime.date.today()})", ""]
@@ -87,7 +94,7 @@ def main() -> None:
         p = torch.cuda.get_device_properties(0)
         lines += [f"Device: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
                   f"bf16 supported: {torch.cuda.is_bf16_supported()}", ""]
-    names = [m.name for m in all_methods()]
+    names = [] if args.no_smoke else [m.name for m in all_methods()]
     if args.methods:
         names = [n for n in names if n in args.methods.split(",")]
 
@@ -104,7 +111,7 @@ def main() -> None:
                 failures.append(name)
         except Exception as e:  # report every method, not only the first failure
             traceback.print_exc()
-            lines.append(f"| {name} | FAILED: {type(e).__name__}: {str(e)[:120]} | | | | | |")
+            lines.append(f"| {name} | FAILED: {one_line(e)} | | | | | |")
             failures.append(name)
         print(lines[-1], flush=True)
 
@@ -120,7 +127,8 @@ def main() -> None:
                 lines.append(f"| {name} | {options or '-'} | {comp} | {r['rate']:.0f} | {r['loss']:.4g} | {r['peak_mib']:.0f} |")
             except Exception as e:
                 traceback.print_exc()
-                lines.append(f"| {name} | {options or '-'} | {comp} | FAILED: {type(e).__name__}: {str(e)[:120]} | | |")
+                lines.append(f"| {name} | {options or '-'} | {comp} | FAILED: {one_line(e)} | | |")
+                failures.append(f"{name} {options or ''} compile={comp}".replace("  ", " "))
             print(lines[-1], flush=True)
 
     if speed_runs:

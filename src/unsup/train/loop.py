@@ -101,7 +101,10 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
 
     step_fn = method.training_step
     if ctx.compile:
-        method.training_loss = torch.compile(method.training_loss)
+        # the networks, not the loss code: compiling SimCLR's whole loss failed inside Triton (its fused nll_loss
+        # kernel; torch 2.11 on an H100, benchmarks/results/cuda_check.md); in-place compile keeps state-dict keys
+        for module in method.children():
+            module.compile()
 
     def checkpoint():
         if ctx.run is not None and dist.is_main():

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="a method option, e.g. temperature=0.2")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     sp.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    sp.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the method's networks (off by default: not faster on small models)")
     common(sp)
     sp.set_defaults(fn=cmd_pretrain)
 

@@ -41,7 +41,7 @@ Two architectures (``arch``), as the paper chose per dataset:
   paper's 300 epochs are far beyond a CPU budget. Measured on
   Fashion-MNIST at 100k images, 100 labels per class: 0.186 test error,
   ahead of the same network trained on the labels alone (``unsup_weight=0``:
-  0.188, behind in each of 3 seeds) but behind the project's convnet with
+  0.188; the GAN is ahead in each of 3 seeds) but behind the convnet with
   augmentations (0.162; benchmarks/results/generative.md).
 - ``"conv"`` (the default): scaled, the three strided layers of the DCGAN
   trunk of ``gan_nets`` for 28x28 (not the paper's nine-layer CIFAR-10 D,

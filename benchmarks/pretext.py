@@ -102,6 +102,10 @@ RUNS = {
     "cooccurrence-fc": ("cooccurrence", "80k", {"patch_fc": 128}),
     "cooccurrence-fc-seed1": ("cooccurrence", "80k", {"patch_fc": 128, "seed": 1}),
     "cooccurrence-fc-seed2": ("cooccurrence", "80k", {"patch_fc": 128, "seed": 2}),
+    # sixth session, chosen on the validation probe: the paper's per-tile fc6 on each tile's unpooled 3x3 map
+    "jigsaw-fc6": ("jigsaw", "60k", {"tile_fc": 128}),
+    "jigsaw-fc6-seed1": ("jigsaw", "60k", {"tile_fc": 128, "seed": 1}),
+    "jigsaw-fc6-seed2": ("jigsaw", "60k", {"tile_fc": 128, "seed": 2}),
 }
 CHANCE = {"rotation": 1 / 4, "jigsaw": 1 / 100, "context": 1 / 8, "cooccurrence": 1 / 2, "exemplar": 1 / 500}
 PROBE_TRAIN, PROBE_TEST = 6_000, 3_000  # fixed subsets of the splits (the shared CPU cannot afford 70k images x 8 encoders)

@@ -25,6 +25,14 @@ so at probe time it takes whole images.
 Its batch-norm statistics are recorded on whole images (``task.py``), and
 ``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
 (the scale its filters were trained at; off by default: 3x the probe cost).
+
+``patch_fc > 0`` ends each siamese branch in a fully connected layer on the
+patch's unpooled feature map (2x2 on 11-pixel patches) instead of globally
+pooled features, so where things lie inside a patch need not be carried by
+zero-padding borders; only the convolutional encoder is probed. Off by
+default: at 80k pairs it raised k-NN@100 by 2-3 points with each of 3
+pretraining seeds but met the probe floor with one of them
+(benchmarks/results/pretext.md, sixth session).
 """
 
 from __future__ import annotations

@@ -68,8 +68,10 @@ RUNS = {
     "context-s64": ("context", "80k", {"free_layout": False, "size": 64, "patch_frac": 0.17}),
     "context-s64-ws": ("context", "80k", {"free_layout": False, "size": 64, "patch_frac": 0.17, "probe_at_working_scale": True}),
     "stereo-seed1": ("stereo", "9k", {"seed": 1}),  # the same run with another pretraining seed
-    "stereo-no-top": ("stereo", "9k", {"global_branch": False}),  # ablation: without Deep3D's top (fc) branch
-    "stereo-plain": ("stereo", "9k", {"plain_background": 0.5}),  # half the scenes on the probe images' black background
+    # the next two ran before grounded objects became the default (sixth session), so they name grounded=False now
+    "stereo-no-top": ("stereo", "9k", {"global_branch": False, "grounded": False}),  # ablation: without Deep3D's top (fc) branch
+    "stereo-plain": ("stereo", "9k", {"plain_background": 0.5, "grounded": False}),  # half the scenes on a black background
+    "stereo-free": ("stereo", "9k", {"grounded": False}),  # ablation: objects float at random depths (the old default)
     # the patch tasks probed at the scale their filters were trained at (whole images resized to 48x48)
     "jigsaw-ws": ("jigsaw", "15k", {"probe_at_working_scale": True}),
     "context-ws": ("context", "80k", {"free_layout": False, "probe_at_working_scale": True}),

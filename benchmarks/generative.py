@@ -99,36 +99,29 @@ def improved_tag(arch: str) -> str:
     return "improved-gan" if arch == "conv" else f"improved-gan-{arch}"
 
 
+def improved_run(budget, out, test, tag, opts, n, s, figures=False) -> dict:
+    """One improved-gan training (labelled draw and training seed ``s``, ``n`` labels per class): its test error row."""
+    t0 = time.perf_counter()
+    run = unsup.pretrain("improved-gan", data="fashion-mnist", budget=budget, out=out / "runs" / f"{tag}-{budget}-{n}-s{s}",
+                         quiet=True, overwrite=True, monitor=False, seed=s, options={**opts, "labels_per_class": n, "seed": s},
+                         figures=figures)
+    row = {"labels_per_class": n, "seed": s, "test_error": load_trained_method(run).test_error(test),
+           "pretrain_seconds": round(time.perf_counter() - t0, 1)}
+    print(f"{tag} {budget} {n}/class seed {s}: error {row['test_error']:.4f}", flush=True)
+    return row
+
+
 def run_same_net(budget, out, test, arch, seeds=3, n=100):
     """The same-network supervised reference of an improved-gan set: the identical run (nets, optimiser, budget,
     labelled batches, Polyak average) with the unsupervised weight at 0, so D learns from the labels alone."""
-    tag, rows = improved_tag(arch), []
     opts = {**improved_options(arch, budget), "unsup_weight": 0.0}
-    for s in range(seeds):
-        t0 = time.perf_counter()
-        run = unsup.pretrain("improved-gan", data="fashion-mnist", budget=budget, out=out / "runs" / f"{tag}-samenet-{budget}-{n}-s{s}",
-                             quiet=True, overwrite=True, monitor=False, seed=s, options={**opts, "labels_per_class": n, "seed": s},
-                             figures=False)
-        rows.append({"labels_per_class": n, "seed": s, "test_error": load_trained_method(run).test_error(test),
-                     "pretrain_seconds": round(time.perf_counter() - t0, 1)})
-        print(f"{tag} same-network reference {budget} {n}/class seed {s}: error {rows[-1]['test_error']:.4f}", flush=True)
-    return rows
+    return [improved_run(budget, out, test, f"{improved_tag(arch)}-samenet", opts, n, s) for s in range(seeds)]
 
 
 def run_improved(budget, out, train, test, seeds=3, labels=(10, 100), arch="conv"):
-    rows = []
     tag = improved_tag(arch)
     opts = improved_options(arch, budget)
-    for n in labels:
-        for s in range(seeds):
-            t0 = time.perf_counter()
-            run = unsup.pretrain("improved-gan", data="fashion-mnist", budget=budget, out=out / "runs" / f"{tag}-{budget}-{n}-s{s}",
-                                 quiet=True, overwrite=True, monitor=False, seed=s,
-                                 options={**opts, "labels_per_class": n, "seed": s}, figures=(n == 100 and s == 0))
-            m = load_trained_method(run)
-            rows.append({"labels_per_class": n, "seed": s, "test_error": m.test_error(test),
-                         "pretrain_seconds": round(time.perf_counter() - t0, 1)})
-            print(f"{tag} {budget} {n}/class seed {s}: error {rows[-1]['test_error']:.4f}", flush=True)
+    rows = [improved_run(budget, out, test, tag, opts, n, s, figures=(n == 100 and s == 0)) for n in labels for s in range(seeds)]
     sup = []  # the floor compares at 100 labels per class; 10/class supervised runs are left out for time
     for n in (100,):
         for s in range(seeds):

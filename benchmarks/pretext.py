@@ -172,12 +172,15 @@ def retest(label: str, test) -> None:
     print(label, "pretext_acc_test", out["pretext_acc_test"], flush=True)
 
 
-def references(train, test) -> dict:
-    """Every pretext encoder here is the same small convnet on 28x28 input: one reference."""
+def random_encoder():
+    """Every pretext encoder here is the same small convnet on 28x28 input: one random-weights reference (seed 0)."""
     torch.manual_seed(0)
     cls = get_method("rotation")
-    enc = cls(cls.Config(), (1, 28, 28)).random_encoder()
-    ref = {"random_encoder": summarise(probe(enc, train, test, (10, 100), 3, "cpu")),
+    return cls(cls.Config(), (1, 28, 28)).random_encoder()
+
+
+def references(train, test) -> dict:
+    ref = {"random_encoder": summarise(probe(random_encoder(), train, test, (10, 100), 3, "cpu")),
            "raw_pixels": summarise(raw_pixel_rows(train, test, (10, 100), 3))}
     (OUT / "references.json").write_text(json.dumps(ref, indent=2))
     return ref

@@ -16,14 +16,11 @@ import json
 from pathlib import Path
 
 import torch
+from pretext import OUT, full_method, random_encoder, summarise
 
 from unsup.data import load
 from unsup.evaluate import probe
-from unsup.registry import get_method
-from unsup.run import RunDir, build_method
 
-ROOT = Path(__file__).resolve().parent
-OUT = ROOT.parent / "bench-out" / "pretext"
 KEYS = ["linear@10", "knn@10", "linear@100", "knn@100"]
 SEEDS = 5
 
@@ -34,21 +31,8 @@ def val_sets(pool: int = 6_000, val: int = 3_000):
     return tr.subset(perm[:pool]), tr.subset(perm[pool : pool + val])
 
 
-def summarise(rows) -> dict:
-    return {f"{r['classifier']}@{r['labels_per_class']}": [r["accuracy_mean"], r["accuracy_std"]] for r in rows}
-
-
 def encoder_of(label: str):
-    run = RunDir(label if "/" in label else OUT / "runs" / label)
-    m = build_method(run.read_config())
-    m.load_state_dict(run.load_checkpoint()["method"])
-    return m.eval().encoder
-
-
-def random_encoder():
-    torch.manual_seed(0)
-    cls = get_method("rotation")
-    return cls(cls.Config(), (1, 28, 28)).random_encoder()
+    return full_method(Path(label) if "/" in label else OUT / "runs" / label).encoder
 
 
 def line(name: str, s: dict) -> str:

@@ -42,9 +42,18 @@ from dataclasses import dataclass
 import torch
 
 from ...data.augment import to_float
-from ...errors import UnsupError
 from ...registry import register
-from .patches import PairGeometry, PatchFC, crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
+from .patches import (
+    PairGeometry,
+    crop_resize,
+    gather_patches,
+    normalise_patches,
+    optional_patch_fc,
+    patch_encoder,
+    patch_features,
+    require_fit,
+    working_size,
+)
 from .task import PretextTask, mlp_head
 
 
@@ -78,9 +87,7 @@ class Cooccurrence(PretextTask):
         self.geo = PairGeometry(self.name, self.size, cfg.patch_frac, cfg.gap_frac, cfg.jitter_frac, cfg.free_layout)
         require_fit(self.name, 8, self.geo.patch, "the patch encoder", "raise size or patch_frac")
         self.encoder = patch_encoder(self)
-        if cfg.patch_fc < 0:
-            raise UnsupError(f"cooccurrence: patch_fc={cfg.patch_fc} must be >= 0 (0 = no per-patch fc)")
-        self.patch_fc = PatchFC(self.encoder, self.shape[0], self.geo.patch, cfg.patch_fc) if cfg.patch_fc else None
+        self.patch_fc = optional_patch_fc(self, cfg.patch_fc, self.geo.patch, "patch_fc")
         self.head = mlp_head(2 * (cfg.patch_fc or self.encoder.out_dim), cfg.hidden, 2)
 
     def make_task(self, images):
@@ -101,9 +108,7 @@ class Cooccurrence(PretextTask):
 
     def logits(self, inputs):
         b = inputs.shape[0]
-        p = inputs.flatten(0, 1)
-        f = self.patch_fc(self.encoder, p) if self.patch_fc is not None else self.encoder(p)
-        return self.head(f.reshape(b, -1))
+        return self.head(patch_features(self.encoder, self.patch_fc, inputs.flatten(0, 1)).reshape(b, -1))
 
     def task_picture(self, images):
         p, _ = self.make_task(images[:8])

@@ -45,7 +45,16 @@ import torch
 from ...data.augment import to_float
 from ...errors import UnsupError
 from ...registry import register
-from .patches import PatchFC, crop_resize, gather_patches, normalise_patches, patch_encoder, require_fit, working_size
+from .patches import (
+    crop_resize,
+    gather_patches,
+    normalise_patches,
+    optional_patch_fc,
+    patch_encoder,
+    patch_features,
+    require_fit,
+    working_size,
+)
 from .task import PretextTask, mlp_head
 
 
@@ -120,9 +129,7 @@ class Jigsaw(PretextTask):
         self.classes = cfg.permutations
         self.register_buffer("perms", hamming_permutations(cfg.permutations), persistent=False)
         self.encoder = patch_encoder(self)
-        if cfg.tile_fc < 0:
-            raise UnsupError(f"jigsaw: tile_fc={cfg.tile_fc} must be >= 0 (0 = no per-tile fc6)")
-        self.tile_fc = PatchFC(self.encoder, self.shape[0], self.tile, cfg.tile_fc) if cfg.tile_fc else None
+        self.tile_fc = optional_patch_fc(self, cfg.tile_fc, self.tile, "tile_fc")
         per_tile = cfg.tile_fc or self.encoder.out_dim
         self.head = mlp_head(9 * per_tile, cfg.hidden, cfg.permutations)
 
@@ -150,9 +157,7 @@ class Jigsaw(PretextTask):
 
     def logits(self, inputs):
         b = inputs.shape[0]
-        t = inputs.flatten(0, 1)
-        f = self.tile_fc(self.encoder, t) if self.tile_fc is not None else self.encoder(t)
-        return self.head(f.reshape(b, -1))
+        return self.head(patch_features(self.encoder, self.tile_fc, inputs.flatten(0, 1)).reshape(b, -1))
 
     def task_picture(self, images):
         shuffled, _ = self.make_task(images[:8])

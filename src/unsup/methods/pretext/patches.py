@@ -40,14 +40,12 @@ def crop_resize(x: torch.Tensor, size: int, crop_frac: float = 1.0, crop_min: fl
     ``[crop_min, crop_frac]`` instead (then placed at random as before)."""
     b = x.shape[0]
     dev = x.device
+    side = torch.full((b, 1), float(crop_frac), device=dev, dtype=x.dtype)
     if crop_min > 0:
-        s = crop_min + torch.rand(b, 1, device=dev, dtype=x.dtype) * (float(crop_frac) - crop_min)
-    else:
-        s = float(crop_frac)
+        side = crop_min + torch.rand(b, 1, device=dev, dtype=x.dtype) * (side - crop_min)
     theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
-    theta[:, 0, 0] = s if isinstance(s, float) else s[:, 0]
-    theta[:, 1, 1] = s if isinstance(s, float) else s[:, 0]
-    theta[:, :, 2] = (torch.rand(b, 2, device=dev, dtype=x.dtype) * 2 - 1) * (1 - s)
+    theta[:, 0, 0] = theta[:, 1, 1] = side[:, 0]
+    theta[:, :, 2] = (torch.rand(b, 2, device=dev, dtype=x.dtype) * 2 - 1) * (1 - side)
     grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -166,6 +164,18 @@ def spatial_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     return seen[-1]
+
+
+def optional_patch_fc(method, units: int, patch: int, option: str) -> PatchFC | None:
+    """A ``PatchFC`` of ``units`` on ``patch``-pixel patches of ``method``'s encoder, or None for 0 (pooled features)."""
+    if units < 0:
+        raise UnsupError(f"{method.name}: {option}={units} must be >= 0 (0 = the pooled features, no per-patch fc)")
+    return PatchFC(method.encoder, method.shape[0], patch, units) if units else None
+
+
+def patch_features(encoder: nn.Module, fc: PatchFC | None, patches: torch.Tensor) -> torch.Tensor:
+    """Per-patch features for the head: through the per-patch fc when there is one, else pooled."""
+    return fc(encoder, patches) if fc is not None else encoder(patches)
 
 
 class PatchFC(nn.Module):

@@ -43,6 +43,20 @@ def test_config_refuses_unknown_options():
     assert cfg.temperature == 0.1 and cfg.augment.flip == 0.0
 
 
+def test_number_options_written_as_text_become_numbers():
+    from unsup.cli import _options
+
+    # YAML reads 5e-4 (no dot) as text: it used to reach the optimiser as a string
+    opts = _options(["weight_decay=5e-4", "lr=1", "batch_size=32"])
+    assert opts["weight_decay"] == "5e-4"
+    cfg = config_from_dict(SimCLRConfig, opts)
+    assert cfg.weight_decay == 5e-4 and isinstance(cfg.lr, float) and cfg.batch_size == 32
+    with pytest.raises(UnsupError, match="lr='fast'.*must be a number"):
+        config_from_dict(SimCLRConfig, {"lr": "fast"})
+    with pytest.raises(UnsupError, match="batch_size='big'.*whole number"):
+        config_from_dict(SimCLRConfig, {"batch_size": "big"})
+
+
 def test_budget_checkpoint_resume_and_metrics(fm_small, tmp_path):
     out = tmp_path / "run"
     unsup.pretrain("denoising-autoencoder", data=fm_small, budget="640", out=out, quiet=True, options=FAST, figures=False)

@@ -41,6 +41,23 @@ class MethodConfig:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 
+def _as_number(owner: str, key: str, kind, value):
+    """A number option given as text or as an int is made the field's type:
+    YAML reads ``5e-4`` (no dot) as a string, which reached the optimiser."""
+    kind = kind if isinstance(kind, str) else getattr(kind, "__name__", "")
+    if kind not in ("float", "int") or isinstance(value, bool):
+        return value
+    if kind == "float" and isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value) if kind == "float" else int(value)
+        except ValueError:
+            raise UnsupError(f"option {key}={value!r} for {owner} must be {'a number' if kind == 'float' else 'a whole number'}, "
+                             f"e.g. {key}={'0.001' if kind == 'float' else '64'}") from None
+    return value
+
+
 def config_from_dict(cls: type, values: dict[str, Any] | None):
     """Build a config dataclass, refusing unknown keys with the list of valid ones."""
     values = dict(values or {})
@@ -53,6 +70,8 @@ def config_from_dict(cls: type, values: dict[str, Any] | None):
     for key, value in list(values.items()):
         if isinstance(value, list):
             values[key] = tuple(value)
+        else:
+            values[key] = _as_number(cls.__name__, key, names[key].type, value)
     if isinstance(values.get("augment"), AugmentConfig):
         aug = values["augment"]
         for f in dataclasses.fields(aug):

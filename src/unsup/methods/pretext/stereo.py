@@ -71,9 +71,9 @@ budget: the paper's layout with Adam at 5e-4 and 36k scenes (``lr=5e-4``,
 budget 36k) gives 65.6 / 46.9 / 78.9 / 67.4 and 66.4 / 48.7 / 78.6 / 69.5
 (seeds 0, 1; motorcycle L1 0.0749 / 0.0752, rho 0.44 / 0.46), above the random
 encoder on all four, linear@10 by only 0.2 / 1.0 point (within its 1-2 point
-spread over label draws). The same seed-0 run probed on an earlier validation
-draw (training images drawn with seed 123, 3 label draws) was below random
-there (63.5 / 46.1 / 77.9 / 65.5 vs 65.0 / 42.9 / 78.0 / 68.0): the margin is
+spread over label draws). The same configuration, trained and probed in an
+earlier session on another validation draw (training images drawn with seed
+123, 3 label draws), was below random there (63.5 / 46.1 / 77.9 / 65.5 vs 65.0 / 42.9 / 78.0 / 68.0): the margin is
 within what the choice of validation images moves. With the top branch on
 stage 2 as well (``top_tap=4, lr=5e-4``, 36k; 3 seeds): 66.5 / 47.1 / 78.1 /
 69.2, 65.6 / 49.0 / 78.2 / 69.5, 68.9 / 50.4 / 79.1 / 70.5, L1 0.0746 /

@@ -245,7 +245,7 @@ def test_patch_tasks_keep_whole_image_batchnorm_statistics(fm):
     assert not torch.equal(bn.running_mean, before)  # the whole-image pass did
     scaled = Jigsaw(JigsawConfig(probe_at_working_scale=True), SHAPE)
     assert scaled.encoder(torch.rand(2, 1, 28, 28)).shape == (2, scaled.encoder.out_dim)
-    assert scaled.encoder.net.working == 48
+    assert scaled.encoder.net.working == 72  # jigsaw works on 72x72 images (24-pixel cells)
 
 
 def test_patch_task_accuracy_reads_patches_with_their_own_statistics(fm):

@@ -26,13 +26,17 @@ Its batch-norm statistics are recorded on whole images (``task.py``), and
 ``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
 (the scale its filters were trained at; off by default: 3x the probe cost).
 
-``patch_fc > 0`` ends each siamese branch in a fully connected layer on the
-patch's unpooled feature map (2x2 on 11-pixel patches) instead of globally
-pooled features, so where things lie inside a patch need not be carried by
-zero-padding borders; only the convolutional encoder is probed. Off by
-default: at 80k pairs it raised k-NN@100 by 2-3 points with each of 3
-pretraining seeds but met the probe floor with one of them
-(benchmarks/results/pretext.md, sixth session).
+Each siamese branch ends in a fully connected layer on the patch's unpooled
+feature map (``patch_fc``, 128 units; 2x2 map on 11-pixel patches) instead of
+globally pooled features, so where things lie inside a patch need not be
+carried by zero-padding borders; only the convolutional encoder is probed
+(``patch_fc=0``: pooled features). Training uses the era's SGD with momentum
+0.9 and weight decay 5e-4 (lr 0.05, cosine), not the library's AdamW, whose
+decoupled decay (1e-4 x lr per step) did nothing here. With both, the probe
+beat the random encoder on all four numbers with each of 3 pretraining seeds
+at 80k pairs; with AdamW and pooled features it did not (one seed of three
+with the fc alone; benchmarks/results/pretext.md, sixth and seventh
+sessions).
 """
 
 from __future__ import annotations
@@ -67,9 +71,11 @@ class CooccurrenceConfig(PretextTask.Config):
     normalise_patches: bool = True
     free_layout: bool = False  # True: the pair anywhere in the image, not a 3x3 layout pinned to it (patches.PairGeometry)
     probe_at_working_scale: bool = False  # True: the encoder resizes whole images to `size` first
-    patch_fc: int = 0  # >0: a per-patch fully connected layer (this many units) on each patch's unpooled map; 0: pooled features
+    patch_fc: int = 128  # >0: a per-patch fully connected layer (this many units) on each patch's unpooled map; 0: pooled features
     hidden: int = 512
-    lr: float = 2e-3
+    optimizer: str = "sgd"  # the papers' SGD, momentum 0.9, with weight decay (AdamW's 1e-4 x lr decay was none)
+    lr: float = 0.05
+    weight_decay: float = 5e-4
     batch_size: int = 256
 
 

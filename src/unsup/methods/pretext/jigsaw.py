@@ -14,9 +14,16 @@ inside its cell (no edge continuation), and per-tile mean/std normalisation
 Geometry, as fractions so any image size gets the paper's proportions: the
 paper crops 225x225 of a 256x256 image (crop_frac 0.88), cells of 75 pixels and
 tiles of 64 pixels inside them (tile_frac 64/75). A 28x28 Fashion-MNIST image
-is cropped, then resized to 48x48 (``size``; 0 = auto: max(48, native), so
-STL-10 keeps 96): cells of 16 and tiles of 14 pixels. The tile encoder is the
-shared backbone with global pooling, so at probe time it takes whole images.
+is cropped, then resized to 72x72 (``size``; 0 = auto: max(72, native), so
+STL-10 keeps 96): cells of 24 and tiles of 20 pixels, which leave a 5x5 map
+after the backbone's two poolings. At 48x48 (14-pixel tiles, the default until
+the seventh session) the map was 3x3, mostly zero-padding border, and the
+probe tied the random encoder at linear@10 (65.3 over 3 pretraining seeds,
+random 65.3); at 72, over the same 3 seeds, k-NN@10 / k-NN@100 rise by 6.4 /
+4.6 points and linear@10 to 66.5, above random with 2 of 3 seeds (benchmarks/results/pretext.md, seventh
+session). The gap and jitter keep the paper's proportions at any size. The
+tile encoder is the shared backbone with global pooling, so at probe time it
+takes whole images.
 Its batch-norm statistics are recorded on whole images (``task.py``), and
 ``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
 (the scale its filters were trained at; off by default: 3x the probe cost).
@@ -24,14 +31,16 @@ Its batch-norm statistics are recorded on whole images (``task.py``), and
 ``tile_fc > 0`` puts the paper's per-tile fc6 (this many units, scaled down)
 on each tile's unpooled feature map instead of concatenating globally pooled
 tile features: with pooling, where an edge lies inside a tile can only reach
-the head through the zero-padding borders of the 14-pixel tile (the trained
-encoder's features on a blank image sit 95% on the border ring of the map);
+the head through the zero-padding borders of the tile (with 14-pixel tiles the
+trained encoder's features on a blank image sat 95% on the border ring of the
+map);
 only the convolutional encoder is probed. ``crop_min > 0`` draws each image's
 crop side in ``[crop_min, crop_frac]`` (Fashion-MNIST objects are centred, so
 with a fixed crop a single tile's content gives away its grid position; a
 linear read-out of one tile's random-encoder features finds it 47% of the
-time, chance 11%). Both are off by default; benchmarks/results/pretext.md,
-sixth session, has what they measured.
+time, chance 11%). Both are off by default: at 48x48 neither met the probe
+floor with 3 seeds, and at 72x72 the fc6 probed worse than pooled features on
+validation (benchmarks/results/pretext.md, sixth and seventh sessions).
 """
 
 from __future__ import annotations
@@ -56,6 +65,8 @@ from .patches import (
     working_size,
 )
 from .task import PretextTask, mlp_head
+
+JIGSAW_AUTO_SIZE = 72  # 24-pixel cells: tiles big enough for the backbone's two poolings (module docstring)
 
 
 @lru_cache(maxsize=1)
@@ -93,7 +104,7 @@ def hamming_permutations(n: int, seed: int = 0) -> torch.Tensor:
 
 @dataclass
 class JigsawConfig(PretextTask.Config):
-    size: int = 0  # working image side before tiling; 0 = auto (max(48, native))
+    size: int = 0  # working image side before tiling; 0 = auto (max(72, native): 20-pixel tiles from 28x28 images)
     crop_frac: float = 225 / 256  # the paper's random crop of the resized image
     crop_min: float = 0.0  # >0: each image's crop side drawn uniformly in [crop_min, crop_frac] (the grid at a random scale)
     tile_frac: float = 64 / 75  # tile side / cell side; 1.0 = no gap, no jitter (the ablation)
@@ -116,7 +127,7 @@ class Jigsaw(PretextTask):
     def __init__(self, cfg: JigsawConfig, shape):
         super().__init__(cfg, shape)
         _c, h, _ = self.shape
-        self.size = working_size(cfg.size, h)
+        self.size = working_size(cfg.size, h, JIGSAW_AUTO_SIZE)
         self.cell = self.size // 3
         self.tile = max(1, round(cfg.tile_frac * self.cell))
         if not 0 <= cfg.crop_min <= cfg.crop_frac:

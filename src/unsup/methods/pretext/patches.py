@@ -20,11 +20,11 @@ from ...errors import UnsupError
 AUTO_SIZE = 48  # 28x28 images are resized to this side before patches are cut
 
 
-def working_size(size: int, image_size: int) -> int:
-    """The side images are resized to: ``size``, or 0 = auto (max(48, native))."""
+def working_size(size: int, image_size: int, auto: int = AUTO_SIZE) -> int:
+    """The side images are resized to: ``size``, or 0 = auto (max(auto, native))."""
     if size < 0:
         raise UnsupError(f"size={size}: the working image side must be >= 0 (0 = auto)")
-    return size or max(AUTO_SIZE, image_size)
+    return size or max(auto, image_size)
 
 
 def require_fit(method: str, need: int, size: int, what: str, fix: str) -> None:

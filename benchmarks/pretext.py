@@ -117,6 +117,7 @@ RUNS = {
     "jigsaw-s72": ("jigsaw", "60k", {"size": 72}),
     "jigsaw-s72-seed1": ("jigsaw", "60k", {"size": 72, "seed": 1}),
     "jigsaw-s72-seed2": ("jigsaw", "60k", {"size": 72, "seed": 2}),
+    "jigsaw-s72-no-gap": ("jigsaw", "60k", {"size": 72, "tile_frac": 1.0}),  # the guard ablation at the new default
     "cooccurrence-fc-sgd": ("cooccurrence", "80k", {"patch_fc": 128, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}),
     "cooccurrence-fc-sgd-seed1": ("cooccurrence", "80k", {"patch_fc": 128, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "seed": 1}),
     "cooccurrence-fc-sgd-seed2": ("cooccurrence", "80k", {"patch_fc": 128, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "seed": 2}),
@@ -128,7 +129,8 @@ RUNS = {
 }
 # rows run before the seventh session's defaults (jigsaw: 72x72 working images; cooccurrence: per-patch fc and SGD)
 # keep the settings they ran with, so that a rerun reproduces them
-BEFORE_SEVENTH = {"jigsaw": {"size": 48}, "cooccurrence": {"patch_fc": 0, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4}}
+BEFORE_SEVENTH = {"jigsaw": {"size": 48}, "cooccurrence": {"patch_fc": 0, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4},
+                  "stereo": {"lr": 2e-3}}
 for _label in list(RUNS)[: list(RUNS).index("jigsaw-s72")]:
     _method, _budget, _options = RUNS[_label]
     RUNS[_label] = (_method, _budget, {**BEFORE_SEVENTH.get(_method, {}), **_options})

@@ -84,8 +84,18 @@ sits on top of the last stage); it matters at 9k and at Adam 2e-3, not at 36k
 with 5e-4. ``taps=(1, 4), top_tap=4`` at 36k (stage 3 untrained, at its random
 initialisation) also clears all four (65.6 / 50.3 / 78.7 / 71.5 and 67.7 /
 50.9 / 79.0 / 71.0; rho 0.42 / 0.36), with a last stage that is not learnt at
-all. Defaults unchanged (paper layout, Adam 2e-3): at the 9k benchmark budget
-no variant clears linear@10.
+all. At the 9k budget no variant clears linear@10.
+
+On the test benchmark the paper's layout with Adam at 5e-4 and 36k scenes
+(``stereo-36k-lr5e-4``, 3 pretraining seeds) beats the random encoder on all
+four numbers with each seed: 65.6 / 47.0 / 78.7 / 66.8, 66.0 / 49.9 / 77.8 /
+68.9 and 66.6 / 49.5 / 78.6 / 68.1 against 65.3 / 41.6 / 76.3 / 66.5 (seed 0
+by only 0.3 at linear@10 and k-NN@100), with motorcycle L1 0.0745-0.0752
+(best global shift 0.0855) and rho 0.44-0.46. So 5e-4 is the default learning
+rate (2e-3 until the seventh session); the budget is the caller's, and 36k
+scenes is what the floor needs. A lower rate also keeps the encoder nearer its
+random start, so part of this gain is less damage rather than more learning;
+the k-NN@10 gain (+5 to +8 points) is learnt.
 """
 
 from __future__ import annotations
@@ -134,7 +144,7 @@ class StereoConfig(MethodConfig):
     global_branch: bool = True  # Deep3D's top (fully connected) branch, on a pooled global_grid
     global_grid: int = 4
     global_hidden: int = 256
-    lr: float = 2e-3
+    lr: float = 5e-4  # 2e-3 until the seventh session: below the random encoder on the probe (module docstring)
     batch_size: int = 64
 
 

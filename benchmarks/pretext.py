@@ -108,8 +108,6 @@ RUNS = {
     "jigsaw-fc6": ("jigsaw", "60k", {"tile_fc": 128}),
     "jigsaw-fc6-seed1": ("jigsaw", "60k", {"tile_fc": 128, "seed": 1}),
     "jigsaw-fc6-seed2": ("jigsaw", "60k", {"tile_fc": 128, "seed": 2}),
-    # seventh session, chosen on the validation probe: the papers' SGD with momentum 0.9 and weight decay 5e-4
-    # (AdamW's decay here was 1e-4 x lr, nothing), with the per-patch fc
     # seventh session, chosen on the validation probe: 72x72 working images (24-pixel cells, 20-pixel tiles: a 5x5 map
     # after the tile encoder's two poolings, where 14-pixel tiles left 3x3, mostly zero-padding border); the gap and
     # jitter keep the paper's proportions. jigsaw-s72 is the validation screen's run itself (seed 0, the same options;
@@ -118,6 +116,8 @@ RUNS = {
     "jigsaw-s72-seed1": ("jigsaw", "60k", {"size": 72, "seed": 1}),
     "jigsaw-s72-seed2": ("jigsaw", "60k", {"size": 72, "seed": 2}),
     "jigsaw-s72-no-gap": ("jigsaw", "60k", {"size": 72, "tile_frac": 1.0}),  # the guard ablation at the new default
+    # seventh session, chosen on the validation probe: the papers' SGD with momentum 0.9 and weight decay 5e-4
+    # (AdamW's decay here was 1e-4 x lr, nothing), with the per-patch fc
     "cooccurrence-fc-sgd": ("cooccurrence", "80k", {"patch_fc": 128, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}),
     "cooccurrence-fc-sgd-seed1": ("cooccurrence", "80k", {"patch_fc": 128, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "seed": 1}),
     "cooccurrence-fc-sgd-seed2": ("cooccurrence", "80k", {"patch_fc": 128, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "seed": 2}),
@@ -127,7 +127,8 @@ RUNS = {
     "stereo-36k-lr5e-4-seed1": ("stereo", "36k", {"lr": 5e-4, "seed": 1}),
     "stereo-36k-lr5e-4-seed2": ("stereo", "36k", {"lr": 5e-4, "seed": 2}),
 }
-# rows run before the seventh session's defaults (jigsaw: 72x72 working images; cooccurrence: per-patch fc and SGD)
+# rows run before the seventh session's defaults (jigsaw: 72x72 working images; cooccurrence: per-patch fc and SGD;
+# stereo: Adam at 5e-4), that is every row above "jigsaw-s72",
 # keep the settings they ran with, so that a rerun reproduces them
 BEFORE_SEVENTH = {"jigsaw": {"size": 48}, "cooccurrence": {"patch_fc": 0, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-4},
                   "stereo": {"lr": 2e-3}}

@@ -126,6 +126,11 @@ RUNS = {
     "stereo-36k-lr5e-4": ("stereo", "36k", {"lr": 5e-4}),
     "stereo-36k-lr5e-4-seed1": ("stereo", "36k", {"lr": 5e-4, "seed": 1}),
     "stereo-36k-lr5e-4-seed2": ("stereo", "36k", {"lr": 5e-4, "seed": 2}),
+    # eighth session, chosen on the validation probe over 60k puzzles, 96x96 images and Adam at 5e-4: 120k puzzles at
+    # 72x72. jigsaw-s72-120k is the validation screen's run itself (seed 0), probed here on the test split
+    "jigsaw-s72-120k": ("jigsaw", "120k", {"size": 72}),
+    "jigsaw-s72-120k-seed1": ("jigsaw", "120k", {"size": 72, "seed": 1}),
+    "jigsaw-s72-120k-seed2": ("jigsaw", "120k", {"size": 72, "seed": 2}),
 }
 # rows run before the seventh session's defaults (jigsaw: 72x72 working images; cooccurrence: per-patch fc and SGD;
 # stereo: Adam at 5e-4), that is every row above "jigsaw-s72",
@@ -229,7 +234,7 @@ def report(command: str) -> None:
         f"Command: `{command}`  ",
         (f"Date: {datetime.date.today()}; machine: the shared 2-core CPU, one thread per run (`OMP_NUM_THREADS=1`), "
         "one run at a time, other sessions' jobs on the other core; budgets are images seen, each about 2-3 minutes "
-        "of that core (jigsaw and context at 60k / 320k: 7-12 minutes).  "),
+        "of that core (jigsaw and context at 60k / 320k: 7-12 minutes; jigsaw at 120k: about 25).  "),
         (f"Probe: frozen features, k-NN and linear, 10 and 100 labels per class, 3 seeds (mean ± std, %), on fixed "
         f"subsets of {PROBE_TRAIN} training / {PROBE_TEST} test images (seed 0); the random encoder is the same "
         "small convnet with fresh weights, on the same splits."),

@@ -40,6 +40,8 @@ def measure(label: str, train, test, draws: int) -> dict:
 
 
 def report() -> None:
+    if not (CACHE / f"{RANDOM}.json").exists():
+        raise SystemExit(f"nothing measured in {CACHE}: run `benchmarks/pretext_draws.py LABEL ...` first")
     ref = json.loads((CACHE / f"{RANDOM}.json").read_text())
     print("| run | draws | linear@10 | minus random, per draw (mean ± s.e.) | draws won | k-NN@10 | minus random |")
     print("|---|---|---|---|---|---|---|")

@@ -162,6 +162,11 @@ def full_method(run: Path):
     return m.eval()
 
 
+def encoder_of(label: str):
+    """The trained encoder of a run label under bench-out/pretext/runs, or of a run directory."""
+    return full_method(Path(label) if "/" in label else OUT / "runs" / label).encoder
+
+
 def run_one(label: str, train, test, resume: bool = False) -> dict:
     method, budget, options = RUNS[label]
     train_opts = dict(options)

@@ -19,7 +19,7 @@ import json
 import statistics
 
 import torch
-from pretext import OUT, full_method, probe_sets, random_encoder
+from pretext import OUT, encoder_of, probe_sets, random_encoder
 
 from unsup.evaluate import probe
 
@@ -27,16 +27,11 @@ CACHE = OUT / "draws"
 RANDOM = "random-encoder"
 
 
-def per_draw(encoder, train, test, draws: int) -> dict:
+def measure(label: str, train, test, draws: int) -> None:
+    """Per-draw linear@10 and k-NN@10 accuracies of one encoder, cached as JSON."""
+    encoder = random_encoder() if label == RANDOM else encoder_of(label)
     rows = probe(encoder, train, test, (10,), draws, "cpu")
-    return {f"{r['classifier']}@10": r["accuracies"] for r in rows}
-
-
-def measure(label: str, train, test, draws: int) -> dict:
-    encoder = random_encoder() if label == RANDOM else full_method(OUT / "runs" / label).encoder
-    out = per_draw(encoder, train, test, draws)
-    (CACHE / f"{label}.json").write_text(json.dumps(out))
-    return out
+    (CACHE / f"{label}.json").write_text(json.dumps({f"{r['classifier']}@10": r["accuracies"] for r in rows}))
 
 
 def report() -> None:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import torch
-from pretext import OUT, full_method, random_encoder, summarise
+from pretext import OUT, encoder_of, random_encoder, summarise
 
 from unsup.data import load
 from unsup.evaluate import probe
@@ -29,10 +29,6 @@ def val_sets(pool: int = 6_000, val: int = 3_000):
     tr = load("fashion-mnist", "train")
     perm = torch.randperm(len(tr), generator=torch.Generator().manual_seed(1))
     return tr.subset(perm[:pool]), tr.subset(perm[pool : pool + val])
-
-
-def encoder_of(label: str):
-    return full_method(Path(label) if "/" in label else OUT / "runs" / label).encoder
 
 
 def line(name: str, s: dict) -> str:

@@ -16,12 +16,21 @@ import time
 from pathlib import Path
 
 import torch
-from results_page import write_results
 
 from unsup.data import load
 from unsup.methods.base import config_from_dict
 from unsup.methods.clustering.kmeans import KMeans, KMeansConfig
 from unsup.methods.clustering.kmeans_core import inertia, kmeans
+
+READING_MARK = "<!-- reading (hand-written, kept when the tables are rewritten) -->"
+
+
+def write_results(path: Path, tables: str) -> None:
+    """Write ``tables`` to ``path``, keeping the hand-written reading below ``READING_MARK`` already there."""
+    old = path.read_text() if path.exists() else ""
+    reading = old[old.index(READING_MARK):] if READING_MARK in old else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tables.rstrip("\n") + "\n\n" + reading if reading else tables)
 
 
 def patches(n: int, device) -> torch.Tensor:

@@ -119,7 +119,7 @@ def test_conv_clustering_two_layers_learn_their_patches(fm_small, tmp_path):
     assert (RunDir(out).figures_dir / "filters.png").is_file()
     # each layer's centroids quantise that layer's own whitened patches far better
     # than random centroids of the same norms (whether that beats a random encoder
-    # on the probe is measured in benchmarks/direct_clustering.py, not asserted here)
+    # on the probe is measured by benchmarks/plans/direct_clustering.yaml, not asserted here)
     x = unsup.data.load(fm_small, "test").images[:64].float() / 255
     with torch.no_grad():
         for depth, layer in enumerate(m.encoder.layers):
@@ -179,3 +179,9 @@ def test_bad_input(tmp_path):
     with pytest.raises(UnsupError, match="100 clusters need at least that many images"):
         unsup.pretrain("deepcluster", data=str(few), budget="64", out=tmp_path / "d", quiet=True, monitor=False,
                        options={"batch_size": 16})
+
+
+def test_clustering_methods_have_no_family_metrics():
+    """No family-specific floor: the hook's default (the probe is their number)."""
+    for cls in (ConvClustering, DeepCluster):
+        assert cls(cls.Config(), (1, 28, 28)).family_metrics("fashion-mnist", "cpu") == {}

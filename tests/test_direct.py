@@ -131,3 +131,17 @@ def test_bad_input(tmp_path):
             unsup.pretrain(method, data=str(flat), budget="30", out=tmp_path / method, quiet=True, monitor=False)
     with pytest.raises(UnsupError, match="hidden must list positive"):
         unsup.pretrain("stacked-autoencoder", data=str(flat), budget="30", out=tmp_path / "h", options={"hidden": [0]})
+
+
+def test_sparse_coding_family_metrics_score_its_atoms_as_gabors(tmp_path):
+    out = tmp_path / "sc-natural"
+    opts = {"steps": 40, "num_atoms": 32, "num_patches": 5000, "batch_size": 256, "fista_steps": 20}
+    unsup.pretrain("sparse-coding", data="natural-images", budget="1k", out=out, quiet=True, options=opts, monitor=False,
+                   figures=False)
+    m = load_method(out)
+    got = m.family_metrics("natural-images", "cpu")
+    assert set(got) == {"gabor_share", "gabor_median_r2"} and all(np.isfinite(v) for v in got.values())
+    assert 0 <= got["gabor_share"] <= 1 and got["gabor_median_r2"] <= 1
+    # atoms learnt on natural images are Gabor-like; random unit-norm atoms are not
+    rand_share, _ = gabor_fit_share(m.random_encoder().atoms.view(-1, 8, 8))
+    assert got["gabor_share"] > rand_share + 0.2

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from unsup.data import load
-from unsup.evaluate import evaluate_features, linear
+from unsup.evaluate import evaluate_features, linear, supervised
 from unsup.evaluate.knn import knn_accuracy
 from unsup.evaluate.linear import DEFAULT_L2, L2_GRID, choose_l2, linear_probe_accuracy
-from unsup.evaluate.supervised import _cache_file, supervised_accuracies, supervised_accuracy
+from unsup.evaluate.protocol import reference_cache, supervised_rows
 
 
 def blobs(n_per_class: int, classes: int = 4, dim: int = 16, spread: float = 0.3, seed: int = 0):
@@ -62,25 +61,34 @@ def test_rows_have_the_protocol_schema():
     assert rows[-2]["accuracy_mean"] > 0.9
 
 
-def test_supervised_reference_learns_and_is_cached(fm_small):
-    train, test = load(fm_small, "train"), load(fm_small, "test")
-    acc = supervised_accuracy(train, test, 10, seed=0, budget="4000", use_cache=True)
-    assert acc > 0.25  # 100 labelled images, far above chance (0.1)
-    cache = _cache_file(train.name, "small-convnet", "4000", 10, 0)
-    assert json.loads(cache.read_text())["accuracy"] == pytest.approx(acc)
-    cache.write_text(json.dumps({"accuracy": 0.123}))
-    assert supervised_accuracy(train, test, 10, seed=0, budget="4000") == pytest.approx(0.123)  # not trained twice
-
-
-def test_supervised_references_run_in_parallel_workers_on_cpu(fm_small, monkeypatch):
+def test_supervised_reference_learns_is_cached_and_runs_in_parallel_workers(fm_small, monkeypatch):
     train, test = load(fm_small, "train"), load(fm_small, "test")
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # two workers even where the tests run single-threaded
-    jobs = [(10, 0), (10, 1)]
-    accs = supervised_accuracies(train, test, jobs, "2000")
-    for n, s in jobs:  # each worker trained its own run and cached it
-        cached = json.loads(_cache_file(train.name, "small-convnet", "2000", n, s).read_text())
-        assert cached["seed"] == s and cached["accuracy"] == pytest.approx(accs[n, s])
-        assert accs[n, s] > 0.2  # 100 labelled images, above chance (0.1)
+    rows = supervised_rows(train, test, (10,), 2, "small-convnet", max_steps=60)
+    assert rows[0]["classifier"] == "supervised" and rows[0]["seeds"] == [0, 1]
+    assert min(rows[0]["accuracies"]) > 0.25  # 100 labelled images, far above chance (0.1)
+    files = sorted(reference_cache().glob("supervised-*.json"))
+    assert len(files) == 2  # each worker trained its own run and cached it
+    for f in files:  # a cached run is read back, not trained again
+        cached = json.loads(f.read_text())
+        cached["rows"]["accuracy"] = 0.123
+        f.write_text(json.dumps(cached))
+    again = supervised_rows(train, test, (10,), 2, "small-convnet", max_steps=60)
+    assert again[0]["accuracies"] == [0.123, 0.123] and again[0]["source"] == "cache"
+
+
+def test_supervised_length_is_chosen_without_the_test_split(fm_small):
+    """Poisoned test labels change the score, never the chosen length."""
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    clean = supervised.supervised_reference(train, test, 10, 0, max_steps=80)
+    poisoned = type(test)(test.name, test.images, (test.labels + 1) % 10, test.classes)
+    bad = supervised.supervised_reference(train, poisoned, 10, 0, max_steps=80)
+    assert clean["length"] == "chosen on the hold-out" and clean["refit_on_all_labels"]
+    assert (bad["steps"], bad["drops_at"], bad["history"]) == (clean["steps"], clean["drops_at"], clean["history"])
+    assert bad["accuracy"] < clean["accuracy"] - 0.2
+    # one label per class: no hold-out exists, so the fixed length is used
+    one = supervised.supervised_reference(train, test, 1, 0, max_steps=20)
+    assert one["length"].startswith("fixed") and one["steps"] == 20
 
 
 def test_large_labelled_sets_search_l2_on_a_subset_and_rescale(monkeypatch):

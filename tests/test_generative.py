@@ -263,3 +263,25 @@ def test_text_descriptions_and_matching_attributes(fm):
     small, dark = m.attributes(x, train.labels[:1000])
     assert 0.3 < float(small.float().mean()) < 0.7 and 0.3 < float(dark.float().mean()) < 0.7  # medians split classes
     assert len({tuple(r) for r in m.desc_tokens.tolist()}) == 40
+
+
+def test_family_metrics_of_every_gan(fm, fm_small):
+    """Each GAN's family numbers on the held-out split of the data it trained on; the reference classifier
+    is trained once (on the small set) and shared through the cache."""
+    train, test = fm
+    want = {"dcgan": {"fcd"}, "bigan": {"fcd"}, "infogan": {"fcd", "code_accuracy"},
+            "text-to-image-gan": {"fcd", "named_class_accuracy", "size_word_holds", "brightness_word_holds"},
+            "improved-gan": {"test_accuracy"}}
+    for name in GANS:
+        torch.manual_seed(0)
+        m = make(name)
+        train_loop(m, train, "96", TrainContext(quiet=True))
+        m.fcd_samples = 500
+        got = m.family_metrics(fm_small, "cpu")
+        assert set(got) == want[name] and all(math.isfinite(v) for v in got.values()), (name, got)
+        assert all(0 <= v <= 1 for k, v in got.items() if k != "fcd")
+        if name == "improved-gan":
+            assert got["test_accuracy"] == pytest.approx(1 - m.test_error(test))
+        else:  # three steps of training: samples far from the test images, real training images close to them
+            clf = reference_classifier(train)
+            assert got["fcd"] > 5 * fcd(clf, train.images[:1000], test.images)

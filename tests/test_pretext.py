@@ -364,3 +364,26 @@ def test_stereo_grounded_objects_stand_on_the_plane(fm):
     grounded, free = lift(True), lift(False)
     assert grounded.min() > -0.2 and grounded.max() <= bound
     assert free.max() > bound + 2
+
+
+def test_family_metrics_pretext_accuracy_and_the_motorcycle_pair(fm, fm_small, tmp_path):
+    from unsup.train.loop import TrainContext, train_loop
+
+    torch.manual_seed(0)
+    m = Rotation(RotationConfig(batch_size=64), SHAPE)
+    train_loop(m, fm, "1600", TrainContext(quiet=True))
+    got = m.family_metrics(fm_small, "cpu")
+    assert set(got) == {"pretext_accuracy", "pretext_chance"} and got["pretext_chance"] == 0.25
+    assert got["pretext_accuracy"] > 0.4  # 25 steps learn the rotation well above chance (0.67)
+    state = torch.get_rng_state()
+    assert m.family_metrics(fm_small, "cpu") == got and torch.equal(torch.get_rng_state(), state)  # seeded, state kept
+
+    run = unsup.pretrain("stereo", data="fashion-mnist", budget="64", out=tmp_path / "s", quiet=True, monitor=False,
+                         options={"batch_size": 32}, figures=False)
+    from unsup.evaluate.generative import load_trained_method
+
+    st = load_trained_method(run).family_metrics("fashion-mnist", "cpu")
+    assert set(st) == {"motorcycle_l1", "motorcycle_l1_no_shift", "motorcycle_l1_best_shift", "motorcycle_l1_vs_best_shift",
+                       "motorcycle_rho"} and all(np.isfinite(v) for v in st.values())
+    assert st["motorcycle_l1_best_shift"] < st["motorcycle_l1_no_shift"] and -1 <= st["motorcycle_rho"] <= 1
+    assert st["motorcycle_l1_vs_best_shift"] == pytest.approx(st["motorcycle_l1"] / st["motorcycle_l1_best_shift"])

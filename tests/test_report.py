@@ -1,5 +1,6 @@
 import csv
 import json
+from html.parser import HTMLParser
 
 import pytest
 import torch
@@ -62,6 +63,7 @@ def test_write_report_files(tmp_path, results):
         assert paths[name] == out / name
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert paths["figures/simclr/filters.png"] == out / "figures" / "simclr" / "filters.png"
+    assert paths["figures/kmeans/label-efficiency.png"].is_file() and paths["figures/simclr/label-efficiency.png"].is_file()
     assert all(p.exists() for p in paths.values())
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
@@ -72,7 +74,7 @@ def test_markdown(tmp_path, results):
     assert "fashion-mnist" in md and "20k" in md and "`unsup bench --budget 20k`" in md
     header, rows, order = _md_table(md)
     assert header[:2] == ["method", "family"]
-    assert "linear 100/class" in header and "k-NN all" in header and header[-1] == "gap to supervised (all labels)"
+    assert "linear 100/class" in header and "k-NN all" in header and header[-1] == "gap to supervised all"
     assert set(order) == {"simclr", "kmeans", "raw pixels", "random simclr", "random kmeans", "supervised"}
     # sorted by linear accuracy at 100 labels per class, descending
     assert order == ["kmeans", "simclr", "supervised", "raw pixels", "random simclr", "random kmeans"]
@@ -80,11 +82,15 @@ def test_markdown(tmp_path, results):
     assert rows["simclr"]["k-NN 10/class"] == "68.0 ± 2.0"
     assert rows["simclr"]["linear all"] == "88.0 ± 0.0"
     assert rows["simclr"]["family"] == "joint embedding"
-    assert rows["simclr"]["gap to supervised (all labels)"] == "-5.0"
-    assert rows["kmeans"]["gap to supervised (all labels)"] == "-7.0"
+    # the gap to supervised at each label budget: linear probe minus supervised on the same labels
+    assert rows["simclr"]["gap to supervised all"] == "-5.0"
+    assert rows["kmeans"]["gap to supervised all"] == "-7.0"
+    assert rows["kmeans"]["gap to supervised 1/class"] == "+10.0"
+    assert rows["simclr"]["gap to supervised 10/class"] == "+8.0"
+    assert rows["raw pixels"]["gap to supervised 100/class"] == "-8.0"
     assert rows["supervised"]["linear 100/class"] == "80.0 ± 2.0"
     assert rows["supervised"]["k-NN 1/class"] == "—"
-    assert rows["supervised"]["gap to supervised (all labels)"] == "+0.0"
+    assert rows["supervised"]["gap to supervised all"] == "+0.0"
     assert rows["random kmeans"]["linear 10/class"] == "49.0 ± 2.0"
     assert rows["raw pixels"]["k-NN all"] == "85.0 ± 0.0"
 
@@ -93,7 +99,9 @@ def test_csv_and_json(tmp_path, results):
     write_report(results, tmp_path, command="unsup bench")
     with open(tmp_path / "leaderboard.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["method", "kind", "classifier", "labels_per_class", "accuracy_mean", "accuracy_std"]
+    assert list(rows[0])[:6] == ["method", "kind", "classifier", "labels_per_class", "accuracy_mean", "accuracy_std"]
+    assert {"vs_random_diff", "vs_random_low", "vs_raw_high", "vs_raw_significant", "inits"} <= set(rows[0])
+    assert all(r["vs_random_diff"] == "" for r in rows)  # old results: no intervals
     # 2 methods x 8 + raw pixels 8 + 2 random encoders x 8 + supervised 4
     assert len(rows) == 2 * 8 + 8 + 2 * 8 + 4
     simclr = {(r["classifier"], r["labels_per_class"]): r for r in rows if r["method"] == "simclr"}
@@ -105,7 +113,7 @@ def test_csv_and_json(tmp_path, results):
     assert {r["classifier"] for r in rows if r["method"] == "supervised"} == {"supervised"}
 
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["command"] == "unsup bench"
+    assert data["command"] == "unsup bench" and data["meta"] == {}
     assert [r["method"] for r in data["results"]] == ["simclr", "kmeans"]
     assert data["results"][0]["results"] == results[0]["results"]
 
@@ -117,7 +125,9 @@ def test_html_and_pngs(tmp_path, results):
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
     assert 'src="curves.png"' in page
     assert 'src="figures/simclr/filters.png"' in page
-    assert "<table>" in page and "88.0 ± 0.0" in page and "random kmeans" in page
+    assert '<table class="leaderboard">' in page and "88.0 ± 0.0" in page and "random kmeans" in page
+    assert 'src="figures/simclr/label-efficiency.png"' in page and "no significance intervals" in page
+    assert "▲" not in page and "▼" not in page
     # missing figures are noted, not fatal
     assert "figures/gone.png" in page and "atoms.png" in page and page.count('class="missing"') == 2
     copied = Image.open(out / "figures" / "simclr" / "filters.png")
@@ -147,7 +157,7 @@ def test_curves_with_actual_all_count_and_no_all(tmp_path, results):
         r["references"] = {k: [x for x in v if x["labels_per_class"] != "all"] for k, v in r["references"].items()}
     write_report(small, tmp_path / "b")
     _, rows, _ = _md_table((tmp_path / "b" / "leaderboard.md").read_text())
-    assert rows["simclr"]["gap to supervised (all labels)"] == "—"
+    assert "gap to supervised all" not in rows["simclr"] and rows["simclr"]["gap to supervised 100/class"] == "+0.0"
     assert "linear all" not in rows["simclr"]
 
 
@@ -170,6 +180,191 @@ def test_format_rows_without_references():
     text = format_rows({"method": "rotation", "results": _rows("linear", [0.5, 0.6, 0.7, 0.8])})
     assert len(text.splitlines()) == 2 + 4
     assert "supervised" not in text and "—" in text
+
+
+# --------------------------------------------------------------------------- protocol v5: intervals, meta, floors
+
+
+def _iv(diff, half=0.015):
+    return {"diff": diff, "low": diff - half, "high": diff + half, "df": 4.0, "significant": abs(diff) > half}
+
+
+def _v5_result(method, linear, knn, rnd, raw, seeds=(0,), **extra):
+    """A protocol-v5 result: every method row carries vs_random and vs_raw; random rows carry inits."""
+    def with_ivs(rows, ref):
+        return [dict(r, vs_random=_iv(r["accuracy_mean"] - ref["random"][i]), vs_raw=_iv(r["accuracy_mean"] - ref["raw"][i]))
+                for i, r in enumerate(rows)]
+
+    res = _result(method, extra.pop("family", "clustering"), linear, knn, rnd)
+    res["results"] = (with_ivs(_rows("linear", linear), {"random": rnd, "raw": raw})
+                      + with_ivs(_rows("knn", knn), {"random": rnd, "raw": raw}))
+    refs = res["references"]
+    refs["raw_pixels"] = _rows("linear", raw) + _rows("knn", raw)
+    refs["random_encoder"] = [dict(r, inits=5) for r in refs["random_encoder"]]
+    refs["supervised_note"] = "shipped with the package, made by `python benchmarks/references.py`"
+    res.update(pretrain_seeds=list(seeds), all_labels_per_class=6000, pretrain_seconds=100.0, probe_seconds=20.0, **extra)
+    return res
+
+
+RAW = [0.40, 0.60, 0.72, 0.84]
+
+
+@pytest.fixture
+def v5_results():
+    floors = [{"name": "gabor share", "rule": ">= 0.5", "value": 0.62, "met": True},
+              {"name": "linear@10 above random", "rule": ">= 0.01", "value": 0.004, "met": False},
+              {"name": "next-frame MSE", "rule": "< 1.0", "value": None, "met": None}]
+    # kmeans: above both references everywhere; 1/class below raw pixels (significant), 10/class within the noise
+    kmeans = _v5_result("kmeans", [0.30, 0.61, 0.80, 0.90], [0.44, 0.65, 0.76, 0.88], [0.31, 0.49, 0.60, 0.70], RAW,
+                        metrics={"gabor_share": 0.62, "atoms": 512}, floors=floors)
+    # dae: never significantly above raw pixels
+    dae = _v5_result("denoising-autoencoder", [0.40, 0.605, 0.725, 0.84], [0.39, 0.60, 0.72, 0.845],
+                     [0.30, 0.50, 0.62, 0.75], RAW, seeds=(0, 1, 2), family="direct mapping")
+    return [kmeans, dae]
+
+
+META = {"machine": "x86_64 CPU: AMD EPYC 7B13, 2 threads", "device": "cpu", "budget": "2m", "wall_clock_seconds": 948,
+        "date": "2026-11-28", "protocol": 5, "note": "a smoke run"}
+
+
+class _Page(HTMLParser):
+    """The report's images, and the leaderboard's rows as (name, [(cell text, [mark symbols])])."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.rows, self.text = [], [], []
+        self._in_board = self._cell = self._mark = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "table" and attrs.get("class") == "leaderboard":
+            self._in_board = True
+        elif self._in_board and tag == "tr":
+            self.rows.append([])
+        elif self._in_board and tag == "td":
+            self._cell = ["", []]
+        elif self._cell is not None and tag == "span" and "mark" in (attrs.get("class") or "").split():
+            self._mark = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_board = False
+        elif tag == "td" and self._cell is not None:
+            self.rows[-1].append((self._cell[0].strip(), self._cell[1]))
+            self._cell = None
+        elif tag == "span" and self._mark is not None:
+            self._cell[1].append(self._mark)
+            self._mark = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._mark is not None:
+            self._mark += data
+        elif self._cell is not None:
+            self._cell[0] += data
+
+    @property
+    def board(self):
+        return {cells[0][0]: cells for cells in self.rows if cells}
+
+
+def _parse(path):
+    page = _Page()
+    page.feed(path.read_text())
+    return page
+
+
+def test_v5_report_page_structure(tmp_path, v5_results):
+    out = tmp_path / "out"
+    write_report(v5_results, out, command="unsup bench --budget 2m", meta=META)
+    page = _parse(out / "report.html")
+    # every image exists: the combined curves, one label-efficiency figure per method
+    assert "curves.png" in page.images and len(page.images) == 3
+    assert all((out / src).is_file() for src in page.images)
+    board = page.board
+    # a row per method and per reference; the name cell holds the family (or the spread) under the name
+    names = {"kmeans", "denoising-autoencoder", "raw pixels", "random kmeans", "random denoising-autoencoder", "supervised"}
+    assert {n for n in board for m in names if n.startswith(m)} == set(board) and len(board) == len(names)
+    assert board["random kmeansreference (5 inits)"]
+    assert "denoising-autoencoderdirect mapping (3 pretraining seeds)" in board
+    # 1 name cell + (linear, k-NN, gap) x 4 budgets, none empty
+    assert all(len(cells) == 13 and all(text for text, _ in cells) for cells in board.values())
+    # the marks sit exactly where the interval excludes zero
+    budgets, results = BUDGETS, {r["method"]: r for r in v5_results}
+    for name, res in results.items():
+        cells = next(c for n, c in board.items() if n.startswith(name) and not n.startswith("random"))
+        for row in res["results"]:
+            col = 1 + (0 if row["classifier"] == "linear" else 4) + budgets.index(row["labels_per_class"])
+            marks = cells[col][1]
+            for key, letter in (("vs_random", "R"), ("vs_raw", "P")):
+                iv = row[key]
+                expected = [("▲" if iv["diff"] > 0 else "▼") + letter] if iv["significant"] else []
+                assert [m for m in marks if m.endswith(letter)] == expected, (name, row["classifier"], row["labels_per_class"], key)
+    kmeans = next(c for n, c in board.items() if n.startswith("kmeans"))
+    assert kmeans[1] == ("30.0 ± 2.0", ["▼P"]) and kmeans[2] == ("61.0 ± 2.0", ["▲R"])
+    assert not any(marks for n, cells in board.items() if not n.startswith(("kmeans", "denoising")) for _, marks in cells)
+    # gap to supervised per budget (supervised: 35, 62, 80, 93)
+    assert [text for text, _ in kmeans[9:]] == ["-5.0", "-1.0", "+0.0", "-3.0"]
+    text = " ".join(" ".join(page.text).split())
+    # the header: budget, machine, wall-clock, date, protocol, command, note
+    for fact in ["2m", "AMD EPYC 7B13", "15 min 48 s", "2026-11-28", "v5", "unsup bench --budget 2m", "a smoke run"]:
+        assert fact in text
+    assert "▲R / ▼R" in text and "benchmarks/references.py" in text
+    # family metrics and floors for kmeans; the verdict only for the method that never beats raw pixels
+    assert "gabor_share" in text and "MISSED" in text and "not measured" in text and " met " in text
+    assert "At this budget (20k) denoising-autoencoder does not beat raw pixels" in text
+    assert "kmeans does not beat" not in text
+
+
+def test_v5_csv_json_markdown(tmp_path, v5_results):
+    write_report(v5_results, tmp_path, command="unsup bench", meta=META)
+    with open(tmp_path / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by = {(r["method"], r["classifier"], r["labels_per_class"]): r for r in rows}
+    for res in v5_results:
+        for row in res["results"]:
+            line = by[(res["method"], row["classifier"], str(row["labels_per_class"]))]
+            for key in ("vs_random", "vs_raw"):
+                for part in ("diff", "low", "high", "df"):
+                    assert float(line[f"{key}_{part}"]) == pytest.approx(row[key][part])
+                assert line[f"{key}_significant"] == ("true" if row[key]["significant"] else "false")
+    assert by[("random kmeans", "linear", "10")]["inits"] == "5" and by[("raw pixels", "knn", "1")]["vs_raw_diff"] == ""
+
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"] == META and data["command"] == "unsup bench"
+    assert data["results"][0]["results"][0]["vs_raw"] == v5_results[0]["results"][0]["vs_raw"]
+
+    md = (tmp_path / "leaderboard.md").read_text()
+    _, rows, _ = _md_table(md)
+    assert rows["kmeans"]["linear 1/class"] == "30.0 ± 2.0 ▼P" and rows["kmeans"]["k-NN 1/class"] == "44.0 ± 2.0 ▲R ▲P"
+    assert rows["random kmeans"]["family"] == "reference (5 inits)"
+    assert "Protocol: v5" in md and "AMD EPYC" in md and "does not beat raw pixels" in md and "MISSED" in md
+
+    text = format_rows(v5_results[0])
+    assert "30.0 ± 2.0 ▼P" in text and "significantly above/below" in text
+
+
+def test_methods_with_different_supervised_references(tmp_path, v5_results):
+    """Each method's gap is measured against its own supervised reference; both are shown, named."""
+    v5_results[1]["references"]["supervised"] = _rows("supervised", [0.30, 0.55, 0.70, 0.80])
+    write_report(v5_results, tmp_path)
+    _, rows, _ = _md_table((tmp_path / "leaderboard.md").read_text())
+    assert {"supervised (for kmeans)", "supervised (for denoising-autoencoder)"} <= set(rows)
+    assert rows["kmeans"]["gap to supervised 100/class"] == "+0.0"
+    assert rows["denoising-autoencoder"]["gap to supervised 100/class"] == "+2.5"
+    assert rows["random denoising-autoencoder"]["gap to supervised all"] == "-5.0"
+
+
+def test_bare_old_result_renders(tmp_path):
+    """A result with only a method and its rows (no references, family, intervals or meta) still makes a full page."""
+    write_report([{"method": "rotation", "results": _rows("linear", [0.5, 0.6, 0.7, 0.8])}], tmp_path)
+    page = _parse(tmp_path / "report.html")
+    assert all((tmp_path / src).is_file() for src in page.images) and len(page.images) == 2
+    assert list(page.board) == ["rotation"] and all(text for text, _ in page.board["rotation"])
+    _, rows, _ = _md_table((tmp_path / "leaderboard.md").read_text())
+    assert rows["rotation"]["linear 10/class"] == "60.0 ± 2.0" and rows["rotation"]["gap to supervised 10/class"] == "—"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])

@@ -232,3 +232,27 @@ def test_error_gate_hysteresis_frozen_level_and_plateau():
     assert sum(on3) < 60 and not any(on3[-100:])
     with pytest.raises(UnsupError, match="below the on threshold"):
         ErrorGate(threshold=1.2, off=1.3)
+
+
+def test_family_metrics_against_copying_the_last_frame(fm_small, tmp_path):
+    import unsup
+    from unsup.evaluate.generative import load_trained_method
+
+    data = f"moving:{fm_small}"
+    run = unsup.pretrain("prednet", data=data, budget="4", out=tmp_path / "p", quiet=True, monitor=False, figures=False,
+                         options={"batch_size": 2, "stack": [4, 8, 8], "r_stack": [4, 4, 8, 8], "train_frames": 3})
+    m = load_trained_method(run)
+    m.eval_sequences = 20
+    got = m.family_metrics(data, "cpu")
+    assert set(got) == {f"{w}_{k}" for w in ("next", "ahead10") for k in ("mse", "ssim", "copy_mse", "copy_ssim", "mse_vs_copy")}
+    assert all(np.isfinite(v) for v in got.values())
+    assert 0 < got["next_copy_mse"] < got["ahead10_copy_mse"]  # objects move: copying gets worse further ahead
+    assert got["next_mse_vs_copy"] == pytest.approx(got["next_mse"] / got["next_copy_mse"])
+    assert -1 <= got["next_ssim"] <= 1 and 0 < got["next_copy_ssim"] <= 1
+
+    run = unsup.pretrain("future-features", data=data, budget="4", out=tmp_path / "f", quiet=True, monitor=False,
+                         figures=False, options={"batch_size": 2, "hidden": 32})
+    m = load_trained_method(run)
+    m.eval_sequences = 200
+    got = m.family_metrics(data, "cpu")
+    assert set(got) == {"future_retrieval_top1", "current_frame_top1"} and all(0 <= v <= 1 for v in got.values())

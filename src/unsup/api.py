@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -93,63 +94,168 @@ def pretrain(method: str, data: str = "fashion-mnist", budget: str = "2m", out: 
     return run.path
 
 
+def validation_split(train, share: float = 1 / 6, seed: int = 0):
+    """A fixed hold-out of a labelled training split, to choose settings on
+    (``split: validation`` in a plan): the test split stays untouched."""
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    cut = int(len(train) * share)
+    return train.subset(perm[cut:]), train.subset(perm[:cut])
+
+
 def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto",
-              references: bool = True, supervised: bool = True, quiet: bool = True) -> dict:
-    """The protocol on a run's encoder, with references; writes ``probe.json``."""
+              references: bool = True, supervised: bool = True, quiet: bool = True, split: str = "test") -> dict:
+    """The protocol on a run's encoder, with references and 95% intervals to
+    them, and the method's family metrics; writes ``probe.json``."""
+    from .evaluate.protocol import PROTOCOL_VERSION, add_intervals
+
     run = RunDir(run_dir)
     config = run.read_config()
     dev = resolve_device(device)
     method = load_method(run_dir).to(dev)
     train, test = method.probe_datasets(config["data"])
+    if split == "validation":
+        train, test = validation_split(train)
+    say = (lambda text: None) if quiet else (lambda text: print(f"   {config['method']}: {text}", flush=True))
+    say("features and probes")
     result = {
         "method": config["method"],
         "family": type(method).family,
         "dataset": train.name,
+        "split": split,
+        "protocol": PROTOCOL_VERSION,
         "budget": config.get("budget"),
+        "pretrain_seeds": [config.get("seed", 0)],
         "encoder_dim": int(getattr(method.encoder, "out_dim", 0)),
+        "all_labels_per_class": round(len(train) / max(1, train.num_classes)),
+        "test_size": len(test),
         "results": probe(method.encoder, train, test, budgets, seeds, dev),
         "references": {},
         "figures": sorted(str(p.relative_to(run.path)) for p in run.figures_dir.glob("*.png")) if run.figures_dir.exists() else [],
         "run_dir": str(run.path.resolve()),
     }
     if references:
-        torch.manual_seed(0)
+        say("raw-pixel reference")
         result["references"]["raw_pixels"] = raw_pixel_rows(train, test, budgets, seeds)
-        result["references"]["random_encoder"] = random_encoder_rows(method.random_encoder().to(dev), train, test, budgets, seeds, dev)
+        say("random-encoder reference (3 initialisations)")
+        result["references"]["random_encoder"] = random_encoder_rows(method, train, test, budgets, seeds, dev)
         if supervised:
             backbone = getattr(method.cfg, "backbone", "small-convnet")
-            result["references"]["supervised"] = supervised_rows(train, test, budgets, seeds, config["budget"], backbone, dev, quiet)
+            say(f"supervised reference ({backbone}; cached after its first run)")
+            sup = supervised_rows(train, test, budgets, seeds, backbone, dev, quiet)
+            result["references"]["supervised"] = sup
+            if any(r.get("source") == "shipped" for r in sup):
+                result["references"]["supervised_note"] = (
+                    "shipped with the package (made by `python benchmarks/references.py`); delete "
+                    "src/unsup/evaluate/shipped/ to recompute it on this machine")
+        add_intervals(result, len(test))
+    metrics = method.family_metrics(config["data"], dev) if hasattr(method, "family_metrics") else {}
+    if metrics:
+        result["metrics"] = metrics
     atomic_write(run.file(PROBE), json.dumps(result, indent=2))
     return result
 
 
-def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "20k", out: str | Path = "bench-out",
+def machine() -> str:
+    """The CPU model (or GPU name) and thread count, for result headers."""
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def _merge_seeds(results: list[dict]) -> dict:
+    """One result for several pretraining seeds of one entry: rows merged with the
+    per-seed accuracies kept (``accuracies_by_run``) for the intervals."""
+    from .evaluate.protocol import merge_rows
+
+    merged = dict(results[0])
+    if len(results) > 1:
+        merged["results"] = merge_rows([r["results"] for r in results], "run")
+        merged["pretrain_seeds"] = [s for r in results for s in r["pretrain_seeds"]]
+        merged["runs"] = [r["run_dir"] for r in results]
+        keys = {k for r in results for k in r.get("metrics", {})}
+        merged["metrics"] = {k: statistics.fmean(r["metrics"][k] for r in results if k in r.get("metrics", {})) for k in sorted(keys)}
+    return merged
+
+
+def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "2m", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
-          overwrite: bool = True, command: str | None = None) -> list[dict]:
-    """Pretrain and probe each method with one budget; write the leaderboard and report."""
+          command: str | None = None, plan=None, fresh: bool = False) -> list[dict]:
+    """Pretrain and probe every entry of a plan (default: ``methods`` with the
+    same ``budget`` each); write the leaderboard and the report to ``out``.
+
+    Each entry's result is kept in ``out/results/NAME.json``; a later bench on
+    the same ``out`` reuses results whose entry is unchanged (``fresh`` redoes all).
+    """
+    from .evaluate.protocol import PROTOCOL_VERSION, add_intervals
+    from .plan import check_floors, load_plan, parse_plan
     from .report import format_rows, write_report
 
-    methods = methods or list(DEFAULT_BENCH)
-    for name in methods:
-        get_method(name)  # fail early on an unknown name
+    if plan is None:
+        plan = parse_plan({"entries": list(methods or DEFAULT_BENCH), "labels": list(budgets), "label_seeds": seeds},
+                          "bench", data, budget)
+    elif not hasattr(plan, "entries"):
+        plan = load_plan(plan, data, budget) if isinstance(plan, (str, Path)) else parse_plan(plan, "plan", data, budget)
     out = Path(out)
+    t_start = time.perf_counter()
+    if not quiet:
+        total = sum(parse_budget(e.budget).value * len(e.seeds) for e in plan.entries if parse_budget(e.budget).kind == "seconds")
+        print(f"bench: {len(plan.entries)} entries ({', '.join(e.name for e in plan.entries)}) on {machine()}; "
+              f"pretraining budgets {', '.join(sorted({e.budget for e in plan.entries}))} each"
+              + (f" (timed budgets {total / 60:.0f} min in all, probing and references on top)" if total else ""), flush=True)
     results = []
-    for name in methods:
-        if not quiet:
-            print(f"== {name}: pretraining on {data}, budget {budget}")
-        t0 = time.perf_counter()
-        run = pretrain(name, data=data, budget=budget, out=out / "runs" / name, device=device, overwrite=overwrite, quiet=quiet)
-        t1 = time.perf_counter()
-        if not quiet:
-            print(f"== {name}: probing ({t1 - t0:.0f}s pretraining)")
-        result = probe_run(run, budgets, seeds, device)
-        result["pretrain_seconds"] = round(t1 - t0, 1)
-        result["probe_seconds"] = round(time.perf_counter() - t1, 1)
+    for k, entry in enumerate(plan.entries, 1):
+        path = out / "results" / f"{entry.name}.json"
+        spec = {**entry.spec(), "labels": [str(b) for b in plan.labels], "label_seeds": plan.label_seeds,
+                "split": plan.split, "protocol": PROTOCOL_VERSION}
+        old = json.loads(path.read_text()) if path.is_file() and not fresh else None
+        if old is not None and old.get("spec") == spec:
+            if not quiet:
+                print(f"== [{k}/{len(plan.entries)}] {entry.name}: reusing {path}", flush=True)
+            results.append(old)
+            continue
+        per_seed = []
+        for seed in entry.seeds:
+            run_dir = out / "runs" / (entry.name if len(entry.seeds) == 1 else f"{entry.name}-seed{seed}")
+            if not quiet:
+                print(f"== [{k}/{len(plan.entries)}] {entry.name} (seed {seed}): pretraining on {entry.data}, budget {entry.budget}",
+                      flush=True)
+            t0 = time.perf_counter()
+            run = pretrain(entry.method, data=entry.data, budget=entry.budget, out=run_dir, device=device, seed=seed,
+                           options=entry.options, overwrite=True, quiet=quiet)
+            t1 = time.perf_counter()
+            if not quiet:
+                print(f"== [{k}/{len(plan.entries)}] {entry.name}: probing ({t1 - t0:.0f} s pretraining)", flush=True)
+            res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split)
+            res["pretrain_seconds"] = round(t1 - t0, 1)
+            res["probe_seconds"] = round(time.perf_counter() - t1, 1)
+            per_seed.append(res)
+        result = _merge_seeds(per_seed)
+        result.update(method=entry.name, method_class=entry.method, spec=spec,
+                      pretrain_seconds=round(sum(r["pretrain_seconds"] for r in per_seed), 1),
+                      probe_seconds=round(sum(r["probe_seconds"] for r in per_seed), 1))
+        if len(per_seed) > 1 and result["references"]:
+            add_intervals(result, result["test_size"])
+        if entry.floors:
+            result["floors"] = check_floors(result, entry.floors)
+        atomic_write(path, json.dumps(result, indent=2))
         results.append(result)
         if not quiet:
-            print(format_rows(result))
-        write_report(results, out, command)  # after each method, so a long bench shows progress
+            print(format_rows(result), flush=True)
+        meta = {"machine": machine(), "device": str(resolve_device(device)), "budget": ", ".join(sorted({e.budget for e in plan.entries})),
+                "wall_clock_seconds": round(time.perf_counter() - t_start, 1), "date": time.strftime("%Y-%m-%d"),
+                "protocol": PROTOCOL_VERSION, "title": plan.title, "split": plan.split}
+        if not quiet:
+            print(f"== writing the report to {out}", flush=True)
+        write_report(results, out, command, meta)  # after each entry, so a long bench shows its progress
     return results
 
 
-DEFAULT_BENCH = ("kmeans", "denoising-autoencoder", "simclr")
+# one method of each family; rotation stands for the pretext tasks, future-features for video
+DEFAULT_BENCH = ("kmeans", "denoising-autoencoder", "dcgan", "rotation", "future-features", "simclr")

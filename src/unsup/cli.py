@@ -75,13 +75,17 @@ def cmd_bench(args) -> None:
     from .data import parse_label_budgets
     from .registry import all_methods
 
+    if args.plan and args.methods:
+        raise UnsupError("give --plan or --methods, not both (a plan lists its methods)")
     if args.methods == "all":
         methods = [m.name for m in all_methods()]
     else:
         methods = [m.strip() for m in (args.methods or ",".join(DEFAULT_BENCH)).split(",") if m.strip()]
+    if args.seeds < 1:
+        raise UnsupError(f"--seeds must be at least 1, got {args.seeds}")
     command = "unsup " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bench(data=args.data, methods=methods, budget=args.budget, out=args.out, budgets=parse_label_budgets(args.labels),
-          seeds=args.seeds, device=args.device, quiet=args.quiet, command=command)
+          seeds=args.seeds, device=args.device, quiet=args.quiet, command=command, plan=args.plan, fresh=args.fresh)
     print(f"leaderboard: {args.out}/leaderboard.md, report: {args.out}/report.html")
 
 
@@ -144,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("bench", help="pretrain and probe several methods; write a leaderboard and report")
     sp.add_argument("--data", default="fashion-mnist")
-    sp.add_argument("--methods", default=None, help="comma-separated names, or all (default: the foundation three)")
-    sp.add_argument("--budget", default="20k", help="the same pretraining budget for every method")
+    sp.add_argument("--methods", default=None, help="comma-separated names, or all (default: one method per family)")
+    sp.add_argument("--plan", default=None, help="a plan file (YAML: entries with method, options, budget, seeds, floors)")
+    sp.add_argument("--budget", default="90s", help="the pretraining budget of every method (a plan's default): time (90s, 10m) or images (60k)")
+    sp.add_argument("--fresh", action="store_true", help="redo every entry (by default results already in --out for an unchanged entry are reused)")
     sp.add_argument("--out", default="bench-out")
     sp.add_argument("--labels", default="1,10,100,all")
     sp.add_argument("--seeds", type=int, default=3)

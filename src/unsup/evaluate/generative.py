@@ -144,15 +144,20 @@ def load_trained_method(run_dir):
     return method.eval()
 
 
+def sample_fcd(method, clf: ReferenceClassifier, test, device="cpu", n: int = 5000) -> float:
+    """FCD of ``n`` samples of a generative ``method`` (fixed seed) against the first ``n`` test images."""
+    samples = method.to(device).eval().sample(n, device).cpu()
+    return fcd(clf, samples, test.images[:n])
+
+
 def generator_report(method, train, test, device="cpu", n: int = 5000) -> dict:
     """FCD of ``n`` samples against the test split, with the real-vs-real reference."""
     clf = reference_classifier(train, device)
     method = method.to(device).eval()
-    samples = method.sample(n, device).cpu()
     real = test.images[:n]
     g = torch.Generator().manual_seed(0)
     held = train.images[torch.randperm(len(train), generator=g)[:n]]
-    out = {"fcd_name": FCD_NAME, "fcd": fcd(clf, samples, real), "fcd_real_train_vs_test": fcd(clf, held, real),
+    out = {"fcd_name": FCD_NAME, "fcd": sample_fcd(method, clf, test, device, n), "fcd_real_train_vs_test": fcd(clf, held, real),
            "classifier_test_accuracy": float((classify(clf, test.images) == test.labels.cpu()).float().mean()),
            "n_samples": n}
     if hasattr(method, "conditional_report"):

@@ -1,11 +1,19 @@
-"""The evaluation protocol of DESIGN.md, the same for every method.
+"""The evaluation protocol of DESIGN.md (version 5), the same for every method.
 
 Label budgets N in {1, 10, 100, all} per class, drawn by seed (3 seeds for
 N <= 100); frozen features -> weighted cosine k-NN (k = min(20, labelled))
 and a linear probe; references on the very same splits: raw pixels, the same
-encoder with random weights, and a supervised model of the same backbone
-trained from scratch on the N labels with the same budget. The test split is
-only ever scored, never used to choose anything.
+encoder with random weights over ``RANDOM_INITS`` initialisations (a
+distribution, not one draw), and a supervised model of the same backbone
+trained on the N labels to convergence (``supervised``: its length is chosen
+on a hold-out inside the labelled subset). Differences to the references carry
+95% intervals (``stats``). The test split is only ever scored, never used to
+choose anything.
+
+References are cached per dataset, architecture, label budget and seed. A
+reference file may also ship with the package (``SHIPPED``, made by
+``python benchmarks/references.py``): it is read when the user's cache has none,
+and its rows say so (``source``).
 """
 
 from __future__ import annotations
@@ -26,24 +34,38 @@ from .linear import linear_probe_accuracy
 
 DEFAULT_BUDGETS = (1, 10, 100, "all")
 # bump when the protocol changes, so cached references are recomputed
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
+RANDOM_INITS = 3
+SHIPPED = Path(__file__).parent / "shipped"
 
 
 def reference_cache() -> Path:
     return Path(os.environ.get("UNSUP_CACHE") or cache_dir()) / f"references-v{PROTOCOL_VERSION}"
 
 
-def cached(key: dict, compute):
-    """Rows for ``key`` from the reference cache, computed once."""
+def cache_name(key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    path = reference_cache() / f"{key.get('kind', 'rows')}-{digest}.json"
-    if path.is_file():
-        return json.loads(path.read_text())["rows"]
+    return f"{key.get('kind', 'rows')}-{digest}.json"
+
+
+def cached(key: dict, compute, shipped: bool = True):
+    """The value for ``key``: from the user's cache, else from the files shipped
+    with the package, else computed once and written to the user's cache."""
+    name = cache_name(key)
+    for path, source in ((reference_cache() / name, "cache"), (SHIPPED / name, "shipped")):
+        if path.is_file() and (shipped or source == "cache"):
+            return _with_source(json.loads(path.read_text())["rows"], source)
     rows = compute()
     from ..run import atomic_write
 
-    atomic_write(path, json.dumps({"key": key, "rows": rows}, default=str))
-    return rows
+    atomic_write(reference_cache() / name, json.dumps({"key": key, "rows": rows}, default=str))
+    return _with_source(rows, "computed")
+
+
+def _with_source(rows, source: str):
+    if isinstance(rows, list):
+        return [{**r, "source": source} if isinstance(r, dict) else r for r in rows]
+    return {**rows, "source": source} if isinstance(rows, dict) else rows
 
 
 def _seeds_for(n, seeds: int) -> list[int]:
@@ -97,22 +119,89 @@ def raw_pixel_rows(train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> list
                                                  test.labels, train.num_classes, budgets, seeds))
 
 
-def random_encoder_rows(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu") -> list[dict]:
-    """The random-weights reference; cached by architecture when the encoder is
-    a plain backbone (methods sharing a backbone share one reference)."""
+def _match(rows, row, classifier=None) -> dict | None:
+    classifier = classifier or row["classifier"]
+    return next((r for r in rows or [] if r["labels_per_class"] == row["labels_per_class"] and r["classifier"] == classifier), None)
+
+
+def add_intervals(result: dict, n_test: int) -> None:
+    """Each method row gets its difference to the random encoder (``vs_random``),
+    to raw pixels (``vs_raw``) and, for the linear probe, to the supervised model
+    (``vs_supervised``), with a 95% interval over label draws, random inits,
+    pretraining seeds and the test split (``stats.difference_interval``)."""
+    from .stats import difference_interval
+
+    refs = result.get("references") or {}
+    for row in result["results"]:
+        mine = row.get("accuracies_by_run") or [row["accuracies"]]
+        for name, field, classifier in (("random_encoder", "vs_random", None), ("raw_pixels", "vs_raw", None),
+                                        ("supervised", "vs_supervised", "supervised")):
+            if classifier and row["classifier"] != "linear":
+                continue
+            ref = _match(refs.get(name), row, classifier)
+            if ref is not None and len(ref["accuracies"]) == len(row["accuracies"]):
+                row[field] = difference_interval(mine, ref.get("accuracies_by_init") or [ref["accuracies"]], n_test)
+
+
+def merge_rows(runs: list[list[dict]], by: str) -> list[dict]:
+    """Rows of several encoders (random inits, or pretraining seeds) on the same
+    label draws as one row each: mean and std over every (encoder, draw) value,
+    and the per-encoder accuracies under ``accuracies_by_<by>``."""
+    out = []
+    for row in runs[0]:
+        same = [_match(rows, row) for rows in runs]
+        values = [a for r in same for a in r["accuracies"]]
+        out.append({**row, "accuracy_mean": statistics.fmean(values),
+                    "accuracy_std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+                    "accuracies": [statistics.fmean(col) for col in zip(*(r["accuracies"] for r in same))],
+                    f"accuracies_by_{by}": [r["accuracies"] for r in same], f"{by}s": len(same)})
+    return out
+
+
+def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu",
+                        inits: int = RANDOM_INITS) -> list[dict]:
+    """The random-weights reference over ``inits`` initialisations of the method's
+    encoder; cached by architecture when the encoder is a plain backbone
+    (methods sharing a backbone share one reference)."""
     from ..nets import Encoder
 
-    if not isinstance(encoder, Encoder):  # its random version depends on learned parts (e.g. whitening)
-        return probe(encoder, train, test, budgets, seeds, device)
-    key = {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(encoder),
-           "budgets": list(budgets), "seeds": seeds}
-    return cached(key, lambda: probe(encoder, train, test, budgets, seeds, device))
+    def compute():
+        runs = []
+        for i in range(inits):
+            torch.manual_seed(10_000 + i)
+            runs.append(probe(method.random_encoder().to(device), train, test, budgets, seeds, device))
+        return merge_rows(runs, "init")
+
+    first = method.random_encoder()
+    if not isinstance(first, Encoder):  # its random version depends on learned parts (e.g. whitening)
+        return _with_source(compute(), "computed")
+    key = {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(first),
+           "budgets": list(budgets), "seeds": seeds, "inits": inits}
+    return cached(key, compute)
 
 
-def supervised_rows(train, test, budgets, seeds: int, budget, backbone: str, device="cpu", quiet=True) -> list[dict]:
-    from .supervised import supervised_accuracies
+def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu", quiet=True, max_steps: int | None = None) -> list[dict]:
+    """The supervised reference for each label budget: one cached run per
+    (budget, seed), the missing ones trained in parallel."""
+    from .supervised import MAX_STEPS, SETTINGS, supervised_references
 
-    accs = supervised_accuracies(train, test, [(n, s) for n in budgets for s in _seeds_for(n, seeds)], budget,
-                                 backbone, device, quiet)
-    return [_row(n, "supervised", [accs[n, s] for s in _seeds_for(n, seeds)], _seeds_for(n, seeds), budget=str(budget))
-            for n in budgets]
+    max_steps = max_steps or MAX_STEPS
+
+    def key(n, s):
+        settings = SETTINGS if max_steps == MAX_STEPS else {**SETTINGS, "max_steps": max_steps}
+        return {"kind": "supervised", **_data_key(train, test), "backbone": backbone, "labels_per_class": n, "seed": s,
+                "settings": settings}
+
+    jobs = [(n, s) for n in budgets for s in _seeds_for(n, seeds)]
+    todo = [j for j in jobs if not any((d / cache_name(key(*j))).is_file() for d in (reference_cache(), SHIPPED))]
+    todo.sort(key=lambda j: j[0] != "all")  # the longest run first, so parallel workers finish together
+    if todo:
+        supervised_references(train, test, todo, backbone, device, quiet, max_steps,
+                              on_result=lambda job, result: cached(key(*job), lambda: result))
+    runs = {j: cached(key(*j), lambda: None) for j in jobs}
+    rows = []
+    for n in budgets:
+        ss = _seeds_for(n, seeds)
+        rows.append(_row(n, "supervised", [runs[n, s]["accuracy"] for s in ss], ss,
+                         steps=[runs[n, s].get("steps") for s in ss], source=runs[n, ss[0]]["source"]))
+    return rows

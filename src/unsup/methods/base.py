@@ -147,6 +147,17 @@ class Method(nn.Module):
 
         return load(data, "train"), load(data, "test")
 
+    # --- family-specific numbers -----------------------------------------
+    def family_metrics(self, data: str, device) -> dict[str, float]:
+        """Family-specific numbers of the trained method, computed on held-out
+        data (e.g. the share of dictionary atoms that fit a Gabor, a GAN's
+        sample quality, next-frame error against copying the last frame).
+        ``data`` is the dataset name or path the run pretrained with; the
+        whole method (heads, generators, decoders) is loaded and may be moved
+        to ``device``. Keys are stable names a benchmark plan's floors can
+        address; every value is a float. Methods without such numbers: {}."""
+        return {}
+
     # --- pictures --------------------------------------------------------
     def figures(self, data, out_dir: Path) -> list[Path]:
         """Write the method's figure(s) as PNG; return their paths."""

@@ -13,6 +13,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -221,4 +222,64 @@ def save_curve(
     ax.grid(True, alpha=0.3)
     if ys_dict:
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+@dataclass
+class Series:
+    """One curve of an accuracy plot: ``points`` are ``(x, y, spread)``.
+
+    ``band=False`` draws a line with error bars of ``spread``; ``band=True``
+    shades ``y ± spread`` around a thin line (a distribution, e.g. random inits).
+    ``style`` goes to matplotlib (color, linestyle, marker, linewidth, alpha).
+    """
+
+    label: str
+    points: list[tuple[float, float, float]]
+    band: bool = False
+    style: dict = field(default_factory=dict)
+
+
+def save_accuracy_curves(
+    series: Sequence[Series],
+    ticks: Sequence[tuple[float, str]],
+    path: str | os.PathLike,
+    title: str = "",
+    xlabel: str = "labelled images per class",
+    ylabel: str = "test accuracy (%)",
+    figsize: tuple[float, float] = (7.5, 4.8),
+    legend_inside: bool = False,
+) -> Path:
+    """Accuracy against a log x axis with the given ``(x, label)`` ticks; the legend on the right,
+    or inside the axes where it hides the fewest points."""
+    fig = _new_figure(figsize)
+    ax = fig.add_subplot(1, 1, 1)
+    for s in series:
+        if not s.points:
+            continue
+        xs, ys, spread = (list(v) for v in zip(*sorted(s.points)))
+        if s.band:
+            style = {"alpha": 0.25, **s.style}
+            line = {k: v for k, v in style.items() if k not in ("alpha", "marker")}
+            ax.fill_between(xs, [y - e for y, e in zip(ys, spread)], [y + e for y, e in zip(ys, spread)],
+                            color=style.get("color"), alpha=style["alpha"], linewidth=0, label=s.label)
+            ax.plot(xs, ys, **{"linewidth": 1.0, **line})
+        else:
+            ax.errorbar(xs, ys, yerr=spread, capsize=3, markersize=4, label=s.label, **s.style)
+    ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks([x for x, _ in ticks])
+        ax.set_xticklabels([label for _, label in ticks])
+        ax.minorticks_off()
+        lo, hi = min(x for x, _ in ticks), max(x for x, _ in ticks)
+        ax.set_xlim(lo / 1.5, hi * 1.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if legend_inside:
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return save_figure(fig, path)

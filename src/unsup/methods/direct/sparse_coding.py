@@ -185,6 +185,16 @@ class SparseCoding(Method):
         c, p = self.shape[0], self.cfg.patch_size
         return self.encoder.atoms.detach().cpu().view(-1, c, p, p)
 
+    def family_metrics(self, data: str, device) -> dict[str, float]:
+        """How Gabor-like the dictionary is (Olshausen & Field's claim): the
+        share of atoms (first channel) that a 2-D Gabor fits with R^2 >= 0.8,
+        and the median R^2 (``unsup.evaluate.gabor``). The atoms are the
+        trained model itself, so ``data`` is not read; on the CPU."""
+        from ...evaluate.gabor import gabor_fit_share
+
+        share, r2 = gabor_fit_share(self.atom_images()[:, 0])
+        return {"gabor_share": share, "gabor_median_r2": float(torch.tensor(r2).median())}
+
     def figures(self, data, out_dir: Path) -> list[Path]:
         from ...report.figures import save_image_grid
 

@@ -390,5 +390,14 @@ class ImprovedGAN(GanMethod):
     def test_error(self, test) -> float:
         return float((self.predict(test.images) != test.labels.cpu()).float().mean())
 
+    def family_metrics(self, data: str, device) -> dict[str, float]:
+        """``test_accuracy``: the accuracy of D's K-class argmax (its Polyak average when ``ema_rate`` > 0) on
+        the whole probe test split of ``data``: the semi-supervised classifier itself, trained with
+        ``labels_per_class`` labels. No sample FCD: feature matching trains G for D's sake, and the paper
+        reports its samples as worse than minibatch discrimination's."""
+        _train, test = self.probe_datasets(data)
+        self.to(device)
+        return {"test_accuracy": 1.0 - self.test_error(test)}
+
     def figures(self, data, out_dir: Path) -> list[Path]:
         return self.base_figures(out_dir, f"Improved GAN ({self.cfg.labels_per_class} labels/class)")

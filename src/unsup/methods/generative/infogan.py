@@ -35,8 +35,8 @@ the real batch through Q's first layer without gradient, so that its running
 statistics, used when Q reads the code of real images in eval mode, describe
 real images as well (the official TF code has no separate evaluation path).
 
-The fourth/fifth sessions' model (Gaussian z, Q without batch norm on the last
-conv layer, continuous codes weighted 10 times less) is ``z_prior="gaussian",
+The model before these official-code choices (Gaussian z, Q without batch norm
+on the last conv layer, continuous codes weighted 10 times less) is ``z_prior="gaussian",
 d_hidden=0, q_bn=False, fc_leak=0.2, continuous_weight=0.1``.
 """
 
@@ -223,6 +223,10 @@ class InfoGAN(GanMethod):
                           for i in range(0, len(images), 1000)])
         self.train(was)
         return hungarian_accuracy(pred, labels, max(self.cfg.categories, int(labels.max()) + 1))
+
+    def sample_metrics(self, clf, train, test, device) -> dict[str, float]:
+        """``fcd`` and ``code_accuracy``: the categorical code's accuracy on the whole test split (Hungarian)."""
+        return {**super().sample_metrics(clf, train, test, device), "code_accuracy": self.code_accuracy(test.images, test.labels)}
 
     @torch.no_grad()
     def code_grid(self, code: int = 0, steps: int = 10, seed: int = 3) -> torch.Tensor:

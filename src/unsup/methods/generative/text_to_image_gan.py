@@ -224,6 +224,14 @@ class TextToImageGAN(GanMethod):
                 "brightness_word_holds": float((dark == dark_want).float().mean()),
                 "n_descriptions": 4 * k, "samples_per_description": per_description}
 
+    def sample_metrics(self, clf, train, test, device) -> dict[str, float]:
+        """``fcd`` and GAN-CLS's numbers (``conditional_report``): ``named_class_accuracy``, the share of samples
+        the reference classifier assigns to the class their description names (100 per description), and
+        ``size_word_holds`` / ``brightness_word_holds`` (0.5 = chance)."""
+        rep = self.conditional_report(clf, train, device)
+        return {**super().sample_metrics(clf, train, test, device),
+                **{k: rep[k] for k in ("named_class_accuracy", "size_word_holds", "brightness_word_holds")}}
+
     @torch.no_grad()
     def figures(self, data, out_dir: Path) -> list[Path]:
         from ...report.figures import save_image_grid

@@ -18,9 +18,9 @@ at one of its 8 neighbouring positions (``free_layout``, the default). With
 ``free_layout=False`` the whole 3x3 layout must fit; on a 48-pixel canvas it
 spans the image (1 pixel of slack), so the first patch was always the image
 centre: the encoder saw patches from 9 fixed places of centred objects only
-and probed at or below the random encoder on Fashion-MNIST (benchmarks/results/pretext.md,
-fifth session). The patch encoder is the shared backbone with global pooling, so at
-probe time it takes whole images.
+and probed at or below the random encoder on Fashion-MNIST. The patch encoder
+is the shared backbone with global pooling, so at probe time it takes whole
+images.
 Its batch-norm statistics are recorded on whole images (``task.py``), and
 ``probe_at_working_scale=True`` makes it resize whole images to ``size`` first
 (the scale its filters were trained at; off by default: 3x the probe cost).

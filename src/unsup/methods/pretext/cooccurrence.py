@@ -18,7 +18,7 @@ the image (``free_layout=False``; on 48x48 the first patch is then the image
 centre): the pair anywhere (``free_layout=True``) probed worse on
 Fashion-MNIST at 80k and 320k pairs, as did patches without normalisation
 (their shared brightness solves the task) and a nearer neighbour (gap a
-quarter patch); benchmarks/results/pretext.md, fifth session. A 28x28 image is resized to 48x48 (``size``; 0 = auto: max(48,
+quarter patch). A 28x28 image is resized to 48x48 (``size``; 0 = auto: max(48,
 native)), giving 11-pixel patches; on STL-10 (96x96) the same fractions give
 22-pixel patches. The patch encoder is the shared backbone with global pooling,
 so at probe time it takes whole images.
@@ -35,8 +35,7 @@ carried by zero-padding borders; only the convolutional encoder is probed
 decoupled decay (1e-4 x lr per step) did nothing here. With both, the probe
 beat the random encoder on all four numbers with each of 3 pretraining seeds
 at 80k pairs; with AdamW and pooled features it did not (one seed of three
-with the fc alone; benchmarks/results/pretext.md, sixth and seventh
-sessions).
+with the fc alone; benchmarks/results/pretext.md).
 """
 
 from __future__ import annotations

@@ -16,14 +16,15 @@ paper crops 225x225 of a 256x256 image (crop_frac 0.88), cells of 75 pixels and
 tiles of 64 pixels inside them (tile_frac 64/75). A 28x28 Fashion-MNIST image
 is cropped, then resized to 72x72 (``size``; 0 = auto: max(72, native), so
 STL-10 keeps 96): cells of 24 and tiles of 20 pixels, which leave a 5x5 map
-after the backbone's two poolings. At 48x48 (14-pixel tiles, the default until
-the seventh session) the map was 3x3, mostly zero-padding border, and the
-probe tied the random encoder at linear@10 (65.3 over 3 pretraining seeds,
-random 65.3); at 72, over the same 3 seeds, k-NN@10 / k-NN@100 rise by 6.4 /
-4.6 points and linear@10 to 66.5, above random with 2 of 3 seeds (benchmarks/results/pretext.md, seventh
-session). At 120k puzzles (the benchmark's budget since the eighth session) all 3 seeds beat random on all
-four numbers, but linear@10 only by +0.1 / +3.4 / +0.3: read with 12 label draws it is a tie for two seeds
-(+0.3 / +3.3 / -0.3, s.e. 0.8-1.0), while k-NN@10 is 11-17 points above random.
+after the backbone's two poolings. At 48x48 (14-pixel tiles, the former
+default) the map was 3x3, mostly zero-padding border, and the probe tied the
+random encoder at linear@10 (65.3 over 3 pretraining seeds, random 65.3); at
+72, over the same 3 seeds, k-NN@10 / k-NN@100 rise by 6.4 / 4.6 points and
+linear@10 to 66.5, above random with 2 of 3 seeds. At 120k puzzles (the
+budget of benchmarks/plans/pretext.yaml; benchmarks/results/pretext.md) all 3
+seeds beat random on all four numbers, but linear@10 only by +0.1 / +3.4 /
++0.3: read with 12 label draws it is a tie for two seeds (+0.3 / +3.3 / -0.3,
+s.e. 0.8-1.0), while k-NN@10 is 11-17 points above random.
 The gap and jitter keep the paper's proportions at any size. The tile encoder
 is the shared backbone with global pooling, so at probe time it takes whole
 images.
@@ -43,7 +44,7 @@ with a fixed crop a single tile's content gives away its grid position; a
 linear read-out of one tile's random-encoder features finds it 47% of the
 time, chance 11%). Both are off by default: at 48x48 neither met the probe
 floor with 3 seeds, and at 72x72 the fc6 probed worse than pooled features on
-validation (benchmarks/results/pretext.md, sixth and seventh sessions).
+validation.
 """
 
 from __future__ import annotations

@@ -90,6 +90,20 @@ class PretextTask(Method):
         self.train(was)
         return hits / max(1, total)
 
+    eval_images = 2000  # held-out images the pretext accuracy is measured on
+
+    def family_metrics(self, data: str, device) -> dict[str, float]:
+        """``pretext_accuracy`` on fresh tasks made from the first
+        ``eval_images`` test images of ``data`` (drawn with seed 0, the
+        caller's random state untouched), and ``pretext_chance`` (1 / classes)."""
+        dev = torch.device(device)
+        _train, test = self.probe_datasets(data)
+        self.to(dev)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(0)
+            acc = self.pretext_accuracy(test.images[: self.eval_images].to(dev))
+        return {"pretext_accuracy": acc, "pretext_chance": 1 / self.classes}
+
     def task_picture(self, images: torch.Tensor) -> torch.Tensor | None:
         """Task inputs laid out as images (N, C, h, w) for the figure."""
         return None

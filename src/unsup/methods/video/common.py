@@ -62,6 +62,32 @@ class VideoMethod(Method):
         """Future frames (B, steps, C, H, W) in [0, 1] from given frames (B, Tc, C, H, W)."""
         raise NotImplementedError
 
+    eval_sequences = 200  # held-out sequences scored by family_metrics (the first ones of the fixed test set)
+
+    def family_metrics(self, data: str, device) -> dict[str, float]:
+        """Frame prediction on the first ``eval_sequences`` sequences of the
+        fixed held-out test set of ``data``'s video (``unsup.evaluate.video``):
+        ``cfg.context`` frames given, ``cfg.future`` predicted (10 and 10 by
+        default; fewer if the sequences are shorter). MSE (squared error
+        summed over the frame) and SSIM of the next frame (``next_*``) and of
+        the last predicted one (``ahead10_*``, ``ahead<future>_*`` in
+        general), the same for copying the last given frame (``*_copy_*``),
+        and the MSE as a share of copy-last's (``*_mse_vs_copy``: below 1
+        beats copying). 15-30 s for PredNet on the 2-core CPU."""
+        from ...evaluate.video import prediction_metrics
+
+        test = video.load(type(self).training_data(data), "test")
+        context = min(self.cfg.context, test.frames // 2)
+        future = min(self.cfg.future, test.frames - context)
+        was = self.training
+        self.to(device).eval()
+        m = prediction_metrics(self.predict, test, context, future, limit=self.eval_sequences, device=device)
+        self.train(was)
+        out = {k: float(v) for k, v in m.items() if k.startswith(("next_", f"ahead{future}_"))}
+        for when in ("next", f"ahead{future}"):
+            out[f"{when}_mse_vs_copy"] = out[f"{when}_mse"] / max(out[f"{when}_copy_mse"], 1e-12)
+        return out
+
     def video_test(self, data):
         """The fixed test sequences for ``data`` (what ``figures`` gets from the flow)."""
         if isinstance(data, video.VideoDataset):

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data import video
 from ...data.augment import to_float
 from ...errors import UnsupError
 from ...registry import register
@@ -132,6 +133,18 @@ class FutureFeatures(VideoMethod):
             n += len(x)
         self.train(was)
         return {"future_retrieval_top1": hits / n, "current_frame_top1": base / n, "candidates": batch_size, "sequences": n}
+
+    eval_sequences = 1000  # retrieval is cheap: 10 batches of 100 candidates
+
+    def family_metrics(self, data: str, device) -> dict[str, float]:
+        """It predicts representations, not frames, so no frame MSE: anticipation
+        scored by ``retrieval`` on the first ``eval_sequences`` sequences of the
+        fixed held-out test set (100 candidates per batch):
+        ``future_retrieval_top1`` from the predicted representation against
+        ``current_frame_top1`` from frame t's own (chance 0.01)."""
+        self.to(device)
+        r = self.retrieval(video.load(type(self).training_data(data), "test"), limit=self.eval_sequences)
+        return {k: float(r[k]) for k in ("future_retrieval_top1", "current_frame_top1")}
 
     @torch.no_grad()
     def figures(self, data, out_dir: Path) -> list[Path]:

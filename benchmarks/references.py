@@ -1,0 +1,48 @@
+"""Compute the protocol's references for a dataset and ship them with the package.
+
+    .venv/bin/python benchmarks/references.py                  # Fashion-MNIST, small convnet
+    .venv/bin/python benchmarks/references.py --data fashion-mnist --backbone resnet18
+
+Runs the supervised reference for every label budget and seed (1, 10, 100 per
+class with 3 seeds, and all labels) and the raw-pixel reference, through the
+library's own cache (``unsup.evaluate.protocol``), then copies those cache files
+into src/unsup/evaluate/shipped/, where ``unsup probe`` and ``unsup bench`` find
+them on a fresh machine. A user's cache always wins over a shipped file; delete
+the shipped files to make every machine recompute its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+
+from unsup.data import load
+from unsup.evaluate.protocol import DEFAULT_BUDGETS, SHIPPED, reference_cache, supervised_rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--backbone", default="small-convnet")
+    p.add_argument("--seeds", type=int, default=3)
+    args = p.parse_args()
+    train, test = load(args.data, "train"), load(args.data, "test")
+    t0 = time.perf_counter()
+    rows = supervised_rows(train, test, DEFAULT_BUDGETS, args.seeds, args.backbone)
+    print(f"supervised reference ({args.backbone}, {time.perf_counter() - t0:.0f} s):")
+    for r in rows:
+        print(f"  {r['labels_per_class']}/class: {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}  steps {r['steps']}")
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for path in sorted(reference_cache().glob("supervised-*.json")):
+        key = json.loads(path.read_text())["key"]
+        if key["dataset"] == train.name and key["backbone"] == args.backbone:
+            shutil.copyfile(path, SHIPPED / path.name)
+            copied += 1
+    print(f"{copied} files in {SHIPPED}")
+
+
+if __name__ == "__main__":
+    main()

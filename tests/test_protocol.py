@@ -1,0 +1,137 @@
+"""Protocol v5: intervals, the random reference as a distribution, plans and
+floors, and the bench end to end on a tiny dataset."""
+
+from __future__ import annotations
+
+import html.parser
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy import stats as scipy_stats
+
+from unsup import cli
+from unsup.api import probe_run, validation_split
+from unsup.data import load
+from unsup.errors import UnsupError
+from unsup.evaluate import supervised
+from unsup.evaluate.protocol import merge_rows
+from unsup.evaluate.stats import difference_interval
+from unsup.plan import check_floors, parse_plan
+
+
+def test_interval_matches_a_hand_computed_case():
+    method = [[0.80, 0.70, 0.75]]  # one pretraining seed, three label draws
+    reference = [[0.70, 0.66, 0.70], [0.72, 0.64, 0.68], [0.68, 0.65, 0.72]]  # three random inits
+    out = difference_interval(method, reference, n_test=1000)
+    # by hand: per-draw differences 0.10, 0.05, 0.05 -> mean 1/15, variance of the mean 2.7778e-4 (df 2);
+    # inits' means 0.68667, 0.68, 0.68333 -> 3.7037e-6 (df 2); test split (0.75*0.25 + 0.68333*0.31667) / 1000
+    var = 2.777778e-4 + 3.703704e-6 + 4.038889e-4
+    df = var**2 / ((2.777778e-4) ** 2 / 2 + (3.703704e-6) ** 2 / 2)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(var)
+    assert out["diff"] == pytest.approx(1 / 15)
+    assert out["df"] == pytest.approx(12.173, abs=1e-3)
+    assert (out["low"], out["high"]) == (pytest.approx(1 / 15 - half, abs=1e-6), pytest.approx(1 / 15 + half, abs=1e-6))
+    assert out["significant"]
+    # the same gain with wildly varying draws is not significant
+    noisy = difference_interval([[0.95, 0.55, 0.75]], reference, n_test=1000)
+    assert noisy["low"] < 0 < noisy["high"] and not noisy["significant"]
+
+
+def test_interval_with_one_draw_keeps_the_test_split_term():
+    out = difference_interval([[0.90]], [[0.80]], n_test=10_000)
+    se = math.sqrt((0.9 * 0.1 + 0.8 * 0.2) / 10_000)
+    assert out["df"] is None and out["high"] - out["low"] == pytest.approx(2 * 1.959964 * se, rel=1e-5)
+    with pytest.raises(ValueError):
+        difference_interval([[0.9, 0.8]], [[0.8]], n_test=100)
+
+
+def test_merge_rows_keeps_each_encoder_and_pools_the_spread():
+    a = [{"labels_per_class": 10, "classifier": "linear", "accuracy_mean": 0.6, "accuracies": [0.5, 0.7], "seeds": [0, 1]}]
+    b = [{"labels_per_class": 10, "classifier": "linear", "accuracy_mean": 0.8, "accuracies": [0.7, 0.9], "seeds": [0, 1]}]
+    (row,) = merge_rows([a, b], "init")
+    assert row["accuracy_mean"] == pytest.approx(0.7) and row["inits"] == 2
+    assert row["accuracies"] == pytest.approx([0.6, 0.8]) and row["accuracies_by_init"] == [[0.5, 0.7], [0.7, 0.9]]
+    assert row["accuracy_std"] == pytest.approx(math.sqrt(0.02))  # over all four values
+
+
+def test_plan_validation_and_floors():
+    plan = parse_plan({"budget": "1000", "entries": ["kmeans", {"method": "rotation", "name": "rot-2", "seeds": [0, 1],
+                                                               "floors": {"linear@10": ">= 0.5", "gabor_share": ">= 0.2"}}]})
+    assert [e.name for e in plan.entries] == ["kmeans", "rot-2"] and plan.entries[1].seeds == [0, 1]
+    bad = [({"entries": []}, "non-empty"), ({"entries": ["kmeans"], "budgets": 3}, "unknown key"),
+           ({"entries": [{"method": "nope"}]}, "nope"), ({"entries": ["kmeans", "kmeans"]}, "used twice"),
+           ({"entries": [{"method": "kmeans", "floors": {"x": "about 3"}}]}, "bad rule"),
+           ({"entries": ["kmeans"], "split": "train"}, "split"), ({"entries": [{"method": "kmeans", "options": {"k": 3}}]}, "entry 1: unknown option"), ({"entries": [{"method": "kmeans", "seeds": 3}]}, "seeds")]
+    for raw, words in bad:
+        with pytest.raises(UnsupError, match=words):
+            parse_plan(raw)
+    result = {"results": [{"classifier": "linear", "labels_per_class": 10, "accuracy_mean": 0.62}], "metrics": {"x": 0.1}}
+    floors = check_floors(result, {"linear@10": ">= 0.6", "x": ">= 0.2", "missing": "< 1"})
+    assert [(f["name"], f["met"]) for f in floors] == [("linear@10", True), ("x", False), ("missing", None)]
+
+
+def test_validation_split_is_a_fixed_part_of_the_training_split(fm_small):
+    train = load(fm_small, "train")
+    fit, held = validation_split(train)
+    assert len(fit) + len(held) == len(train) and len(held) == len(train) // 6
+    again = validation_split(train)[1]
+    assert (again.images == held.images).all()
+
+
+class _Page(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.cells, self._in_td = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self._in_td = tag == "td" or (self._in_td and tag != "tr")
+        if tag == "td":
+            self.cells.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._in_td = False
+
+    def handle_data(self, data):
+        if self._in_td and self.cells:
+            self.cells[-1] += data
+
+
+def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(supervised, "MAX_STEPS", 30)
+    monkeypatch.setattr(supervised, "FIXED_STEPS", 20)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [1, 10]\nlabel_seeds: 2\nentries:\n"
+                    "  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n"
+                    "    floors: {linear@10: '>= 0.3'}\n"
+                    "  - {method: rotation, name: rotation-2seeds, seeds: [0, 1]}\n")
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--labels", "1,10"]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["meta"]["protocol"] == 5 and payload["meta"]["machine"]
+    by_name = {r["method"]: r for r in payload["results"]}
+    assert set(by_name) == {"kmeans", "rotation-2seeds"}
+    for res in by_name.values():
+        assert res["references"]["random_encoder"][0]["inits"] == 3
+        assert {r["labels_per_class"] for r in res["references"]["supervised"]} == {1, 10}
+        for row in res["results"]:
+            for field in ("vs_random", "vs_raw"):
+                iv = row[field]
+                assert iv["low"] <= iv["diff"] <= iv["high"] and iv["significant"] == (iv["low"] > 0 or iv["high"] < 0)
+    rot = by_name["rotation-2seeds"]
+    assert rot["pretrain_seeds"] == [0, 1] and len(rot["results"][0]["accuracies_by_run"]) == 2
+    assert by_name["kmeans"]["floors"][0]["name"] == "linear@10" and by_name["kmeans"]["floors"][0]["met"] is not None
+    page = _Page()
+    page.feed((out / "report.html").read_text())
+    assert page.images and all((out / src).is_file() for src in page.images)
+    text = " ".join(page.cells)
+    assert "kmeans" in text and "rotation-2seeds" in text and all(c.strip() for c in page.cells)
+    # a second bench on the same folder reuses both unchanged entries instead of training again
+    capsys.readouterr()
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--labels", "1,10"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
+    assert Path(probe_run.__module__.replace(".", "/")).name == "api"

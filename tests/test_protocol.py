@@ -67,9 +67,14 @@ def test_plan_validation_and_floors():
     for raw, words in bad:
         with pytest.raises(UnsupError, match=words):
             parse_plan(raw)
-    result = {"results": [{"classifier": "linear", "labels_per_class": 10, "accuracy_mean": 0.62}], "metrics": {"x": 0.1}}
+    gain = {"diff": 0.02, "low": -0.01, "high": 0.05, "significant": False}
+    result = {"results": [{"classifier": "linear", "labels_per_class": 10, "accuracy_mean": 0.62, "vs_raw": gain,
+                           "vs_random": {**gain, "low": 0.01, "significant": True}}], "metrics": {"x": 0.1}}
     floors = check_floors(result, {"linear@10": ">= 0.6", "x": ">= 0.2", "missing": "< 1"})
     assert [(f["name"], f["met"]) for f in floors] == [("linear@10", True), ("x", False), ("missing", None)]
+    floors = [check_floors(result, {"linear@10": f"{w} {ref}"})[0]["met"] for w in ("above", "below") for ref in ("random", "raw")]
+    assert floors == [True, False, False, False]
+    assert check_floors(result, {"knn@10": "above random"})[0]["met"] is None
 
 
 def test_validation_split_is_a_fixed_part_of_the_training_split(fm_small):

@@ -90,7 +90,7 @@ def test_markdown(tmp_path, results):
     assert rows["raw pixels"]["gap to supervised 100/class"] == "-8.0"
     assert rows["supervised"]["linear 100/class"] == "80.0 ± 2.0"
     assert rows["supervised"]["k-NN 1/class"] == "—"
-    assert rows["supervised"]["gap to supervised all"] == "+0.0"
+    assert rows["supervised"]["gap to supervised all"] == "—"  # no gap to itself
     assert rows["random kmeans"]["linear 10/class"] == "49.0 ± 2.0"
     assert rows["raw pixels"]["k-NN all"] == "85.0 ± 0.0"
 

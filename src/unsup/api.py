@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -103,7 +104,8 @@ def validation_split(train, share: float = 1 / 6, seed: int = 0):
 
 
 def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto",
-              references: bool = True, supervised: bool = True, quiet: bool = True, split: str = "test") -> dict:
+              references: bool = True, supervised: bool = True, quiet: bool = True, split: str = "test",
+              family_metrics: bool = True) -> dict:
     """The protocol on a run's encoder, with references and 95% intervals to
     them, and the method's family metrics; writes ``probe.json``."""
     from .evaluate.protocol import PROTOCOL_VERSION, add_intervals
@@ -115,7 +117,8 @@ def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, 
     train, test = method.probe_datasets(config["data"])
     if split == "validation":
         train, test = validation_split(train)
-    say = (lambda text: None) if quiet else (lambda text: print(f"   {config['method']}: {text}", flush=True))
+    # status on stderr: stdout may carry the JSON result (`unsup probe --json`)
+    say = (lambda text: None) if quiet else (lambda text: print(f"   {config['method']}: {text}", file=sys.stderr, flush=True))
     say("features and probes")
     result = {
         "method": config["method"],
@@ -148,7 +151,7 @@ def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, 
                     "shipped with the package (made by `python benchmarks/references.py`); delete "
                     "src/unsup/evaluate/shipped/ to recompute it on this machine")
         add_intervals(result, len(test))
-    metrics = method.family_metrics(config["data"], dev) if hasattr(method, "family_metrics") else {}
+    metrics = method.family_metrics(config["data"], dev) if family_metrics else {}
     if metrics:
         result["metrics"] = metrics
     atomic_write(run.file(PROBE), json.dumps(result, indent=2))
@@ -184,11 +187,13 @@ def _merge_seeds(results: list[dict]) -> dict:
     return merged
 
 
-def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "2m", out: str | Path = "bench-out",
+def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "90s", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
-          command: str | None = None, plan=None, fresh: bool = False) -> list[dict]:
+          command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False) -> list[dict]:
     """Pretrain and probe every entry of a plan (default: ``methods`` with the
     same ``budget`` each); write the leaderboard and the report to ``out``.
+    ``family_metrics`` applies to the methods list (a plan says it itself): off
+    by default, since a GAN's first FCD trains its reference classifier.
 
     Each entry's result is kept in ``out/results/NAME.json``; a later bench on
     the same ``out`` reuses results whose entry is unchanged (``fresh`` redoes all).
@@ -198,8 +203,8 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     from .report import format_rows, write_report
 
     if plan is None:
-        plan = parse_plan({"entries": list(methods or DEFAULT_BENCH), "labels": list(budgets), "label_seeds": seeds},
-                          "bench", data, budget)
+        plan = parse_plan({"entries": list(methods or DEFAULT_BENCH), "labels": list(budgets), "label_seeds": seeds,
+                           "family_metrics": family_metrics}, "bench", data, budget)
     elif not hasattr(plan, "entries"):
         plan = load_plan(plan, data, budget) if isinstance(plan, (str, Path)) else parse_plan(plan, "plan", data, budget)
     out = Path(out)
@@ -213,7 +218,7 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     for k, entry in enumerate(plan.entries, 1):
         path = out / "results" / f"{entry.name}.json"
         spec = {**entry.spec(), "labels": [str(b) for b in plan.labels], "label_seeds": plan.label_seeds,
-                "split": plan.split, "protocol": PROTOCOL_VERSION}
+                "split": plan.split, "family_metrics": plan.family_metrics, "protocol": PROTOCOL_VERSION}
         old = json.loads(path.read_text()) if path.is_file() and not fresh else None
         if old is not None and old.get("spec") == spec:
             if not quiet:
@@ -232,7 +237,8 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
             t1 = time.perf_counter()
             if not quiet:
                 print(f"== [{k}/{len(plan.entries)}] {entry.name}: probing ({t1 - t0:.0f} s pretraining)", flush=True)
-            res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split)
+            res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split,
+                            family_metrics=plan.family_metrics)
             res["pretrain_seconds"] = round(t1 - t0, 1)
             res["probe_seconds"] = round(time.perf_counter() - t1, 1)
             per_seed.append(res)

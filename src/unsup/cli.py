@@ -83,9 +83,13 @@ def cmd_bench(args) -> None:
         methods = [m.strip() for m in (args.methods or ",".join(DEFAULT_BENCH)).split(",") if m.strip()]
     if args.seeds < 1:
         raise UnsupError(f"--seeds must be at least 1, got {args.seeds}")
+    from .api import resolve_device
+
+    budget = args.budget or ("30s" if resolve_device(args.device).type == "cuda" else "90s")
     command = "unsup " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    bench(data=args.data, methods=methods, budget=args.budget, out=args.out, budgets=parse_label_budgets(args.labels),
-          seeds=args.seeds, device=args.device, quiet=args.quiet, command=command, plan=args.plan, fresh=args.fresh)
+    bench(data=args.data, methods=methods, budget=budget, out=args.out, budgets=parse_label_budgets(args.labels),
+          seeds=args.seeds, device=args.device, quiet=args.quiet, command=command, plan=args.plan, fresh=args.fresh,
+          family_metrics=args.family_metrics)
     print(f"leaderboard: {args.out}/leaderboard.md, report: {args.out}/report.html")
 
 
@@ -150,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="fashion-mnist")
     sp.add_argument("--methods", default=None, help="comma-separated names, or all (default: one method per family)")
     sp.add_argument("--plan", default=None, help="a plan file (YAML: entries with method, options, budget, seeds, floors)")
-    sp.add_argument("--budget", default="90s", help="the pretraining budget of every method (a plan's default): time (90s, 10m) or images (60k)")
+    sp.add_argument("--budget", default=None, help="the pretraining budget of every method (a plan's default): time (90s, 10m) or "
+                    "images (60k); default 90s on a CPU, 30s on a GPU")
+    sp.add_argument("--family-metrics", action="store_true", help="with --methods: each method's own numbers too (a plan sets family_metrics itself)")
     sp.add_argument("--fresh", action="store_true", help="redo every entry (by default results already in --out for an unchanged entry are reused)")
     sp.add_argument("--out", default="bench-out")
     sp.add_argument("--labels", default="1,10,100,all")

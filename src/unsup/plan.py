@@ -8,6 +8,7 @@ A plan is a YAML file (or the same as a dict)::
     labels: [1, 10, 100, all]
     label_seeds: 3
     split: test                # or "validation": probe on a fixed hold-out of the training split
+    family_metrics: true       # each method's own numbers (Gabor share, FCD, next-frame MSE, ...)
     entries:
       - method: infogan
         name: infogan-300k     # the row's label (default: the method's name), unique
@@ -17,6 +18,7 @@ A plan is a YAML file (or the same as a dict)::
         floors:                # reported met / MISSED on the results page
           code_accuracy: ">= 0.5"     # a key of the method's family_metrics
           linear@100: ">= 0.844"      # or a probe number: linear@N / knn@N
+          knn@10: "above random"      # significantly above a reference (random, raw or supervised)
 
 Every entry runs through the same protocol (``unsup.evaluate``) and the same
 report writer; the plan only says what to run.
@@ -36,7 +38,7 @@ from .errors import UnsupError
 from .methods.base import config_from_dict
 from .train.budget import parse_budget
 
-PLAN_KEYS = {"title", "data", "budget", "labels", "label_seeds", "split", "entries"}
+PLAN_KEYS = {"title", "data", "budget", "labels", "label_seeds", "split", "family_metrics", "entries"}
 ENTRY_KEYS = {"method", "name", "options", "budget", "seeds", "data", "floors"}
 SPLITS = ("test", "validation")
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -64,6 +66,7 @@ class Plan:
     labels: list = field(default_factory=lambda: [1, 10, 100, "all"])
     label_seeds: int = 3
     split: str = "test"
+    family_metrics: bool = True
 
 
 def _check_keys(where: str, given: dict, allowed: set) -> None:
@@ -117,7 +120,10 @@ def parse_plan(raw: dict, where: str = "plan", data: str = "fashion-mnist", budg
         entry_budget = str(e.get("budget", budget))
         parse_budget(entry_budget)
         entries.append(Entry(str(e["method"]), name, str(e.get("data", data)), entry_budget, dict(options), list(seeds), dict(floors)))
-    return Plan(entries, str(raw.get("title", "")), labels, label_seeds, split)
+    family_metrics = raw.get("family_metrics", True)
+    if not isinstance(family_metrics, bool):
+        raise UnsupError(f"{where}: family_metrics must be true or false, got {family_metrics!r}")
+    return Plan(entries, str(raw.get("title", "")), labels, label_seeds, split, family_metrics)
 
 
 def load_plan(path: str | Path, data: str = "fashion-mnist", budget: str = "2m") -> Plan:
@@ -131,21 +137,28 @@ def load_plan(path: str | Path, data: str = "fashion-mnist", budget: str = "2m")
     return parse_plan(raw, str(path), data, budget)
 
 
-def parse_rule(where: str, rule) -> tuple[str, float]:
-    m = re.fullmatch(r"\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*", str(rule))
+REFERENCE_FIELDS = {"random": "vs_random", "raw": "vs_raw", "supervised": "vs_supervised"}
+
+
+def parse_rule(where: str, rule) -> tuple[str, float | str]:
+    """``>= 0.5`` -> (">=", 0.5); ``above random`` -> ("above", "random")."""
+    text = str(rule).strip()
+    m = re.fullmatch(r"(above|below)\s+(random|raw|supervised)", text)
+    if m:
+        return m.group(1), m.group(2)
+    m = re.fullmatch(r"(>=|<=|>|<)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)", text)
     if not m:
-        raise UnsupError(f"{where}: bad rule {rule!r}; write e.g. '>= 0.5'")
+        raise UnsupError(f"{where}: bad rule {rule!r}; write e.g. '>= 0.5' or 'above random' (also raw, supervised)")
     return m.group(1), float(m.group(2))
 
 
-def probe_number(result: dict, key: str) -> float | None:
-    """``linear@100`` / ``knn@all``: the mean accuracy of that probe row."""
+def probe_row(result: dict, key: str) -> dict | None:
+    """``linear@100`` / ``knn@all``: that probe row of the result."""
     m = re.fullmatch(r"(linear|knn)@(\d+|all)", key)
     if not m:
         return None
     n = m.group(2) if m.group(2) == "all" else int(m.group(2))
-    row = next((r for r in result["results"] if r["classifier"] == m.group(1) and r["labels_per_class"] == n), None)
-    return None if row is None else row["accuracy_mean"]
+    return next((r for r in result["results"] if r["classifier"] == m.group(1) and r["labels_per_class"] == n), None)
 
 
 def check_floors(result: dict, floors: dict) -> list[dict]:
@@ -153,9 +166,14 @@ def check_floors(result: dict, floors: dict) -> list[dict]:
     out = []
     for key, rule in floors.items():
         op, bound = parse_rule(f"floor {key}", rule)
-        value = probe_number(result, key)
-        if value is None:
-            value = (result.get("metrics") or {}).get(key)
+        row = probe_row(result, key)
+        if op in ("above", "below"):  # significance against a reference: the 95% interval excludes zero
+            iv = (row or {}).get(REFERENCE_FIELDS[bound])
+            value = None if iv is None else iv["diff"]
+            met = None if iv is None else bool(iv["significant"] and (iv["diff"] > 0) == (op == "above"))
+            out.append({"name": key, "rule": f"{op} {bound}", "value": value, "met": met})
+            continue
+        value = row["accuracy_mean"] if row is not None else (result.get("metrics") or {}).get(key)
         met = None if value is None else bool(_OPS[op](value, bound))
         out.append({"name": key, "rule": f"{op} {bound:g}", "value": value, "met": met})
     return out

@@ -281,7 +281,7 @@ def accuracy_cell(row: dict | None) -> Cell:
 def _gap_cell(entry: Entry, budget) -> Cell:
     mine = entry.linear(budget)
     sup = entry.supervised.linear(budget) if entry.supervised is not None else None
-    if _missing(mine) or _missing(sup):
+    if _missing(mine) or _missing(sup) or mine is sup:  # the supervised row itself has no gap
         return Cell(DASH)
     return Cell(f"{100.0 * (mine['accuracy_mean'] - sup['accuracy_mean']):+.1f}")
 

@@ -140,3 +140,18 @@ def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, cap
     assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--labels", "1,10"]) == 0
     assert capsys.readouterr().out.count("reusing") == 2
     assert Path(probe_run.__module__.replace(".", "/")).name == "api"
+
+
+def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_small, tmp_path):
+    """k-means' random reference keeps the learned whitening: each init draws its own centroids."""
+    from unsup.api import pretrain
+    from unsup.evaluate.protocol import random_encoder_rows
+    from unsup.run import load_method
+
+    run = pretrain("kmeans", data=fm_small, budget="3000", out=tmp_path / "km", device="cpu", quiet=True,
+                   options={"num_centroids": 32, "num_patches": 5000}, monitor=False, figures=False)
+    method = load_method(run)
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    rows = random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")
+    by_init = rows[0]["accuracies_by_init"]
+    assert rows[0]["inits"] == 3 and len({a for (a,) in by_init}) > 1

@@ -136,7 +136,7 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
             images_seen += cfg.batch_size
             now = time.perf_counter()
             new_elapsed = now - start
-            bar.update(cfg.batch_size if budget.kind == "images" else new_elapsed - elapsed)
+            bar.update(max(0.0, min(cfg.batch_size if budget.kind == "images" else new_elapsed - elapsed, total - bar.n)))
             elapsed = new_elapsed
             if step % ctx.log_every == 0:
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")

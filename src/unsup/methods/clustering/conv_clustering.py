@@ -268,10 +268,9 @@ class ConvClustering(Method):
         import copy
 
         enc = copy.deepcopy(self.encoder)
-        g = torch.Generator().manual_seed(1)
-        for layer in enc.layers:
+        for layer in enc.layers:  # the caller's seed decides the draw
             scale = layer.centroids.norm(dim=-1).mean().clamp_min(1e-3)
-            rand = torch.randn(layer.centroids.shape, generator=g)
+            rand = torch.randn(layer.centroids.shape)
             layer.centroids.copy_(F.normalize(rand, dim=-1).to(layer.centroids) * scale)
         return enc
 

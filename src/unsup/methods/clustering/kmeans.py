@@ -170,9 +170,8 @@ class KMeans(Method):
         """Random centroids (Gaussian, in the whitened space) with the learned whitening."""
         enc = PatchTriangleEncoder(self.shape[0], self.cfg.patch_size, self.cfg.num_centroids, self.cfg.norm_eps, self.cfg.pool_grid)
         enc.load_state_dict(self.encoder.state_dict())
-        g = torch.Generator().manual_seed(1)
         scale = self.encoder.centroids.norm(dim=1).mean().clamp_min(1e-3)
-        rand = torch.randn(enc.centroids.shape, generator=g)
+        rand = torch.randn(enc.centroids.shape)  # the caller's seed: each initialisation of the reference differs
         enc.centroids.copy_(F.normalize(rand, dim=1) * scale.cpu())
         return enc
 

@@ -170,8 +170,7 @@ class SparseCoding(Method):
         cfg = self.cfg
         enc = SoftThresholdEncoder(self.shape[0], cfg.patch_size, cfg.num_atoms, cfg.norm_eps, cfg.encode_alpha)
         enc.load_state_dict(self.encoder.state_dict())
-        g = torch.Generator().manual_seed(1)
-        enc.atoms.copy_(F.normalize(torch.randn(enc.atoms.shape, generator=g), dim=1))
+        enc.atoms.copy_(F.normalize(torch.randn(enc.atoms.shape), dim=1))  # the caller's seed
         return enc
 
     def probe_datasets(self, data: str):

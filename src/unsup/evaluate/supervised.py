@@ -182,7 +182,12 @@ def supervised_reference(train, test, per_class, seed: int, backbone: str = "sma
 
 
 def _one_thread() -> None:
+    """A worker: one thread, and every method imported, since some register
+    their backbone when imported (the video frame encoders)."""
+    from ..registry import all_methods
+
     torch.set_num_threads(1)
+    all_methods()
 
 
 def _job(args) -> dict:

@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/references.py                  # Fashion-MNIST, small convnet
     .venv/bin/python benchmarks/references.py --data fashion-mnist --backbone resnet18
+    .venv/bin/python benchmarks/references.py --method future-features   # a method's own probe sets and backbone
 
 Runs the supervised reference for every label budget and seed (1, 10, 100 per
-class with 3 seeds, and all labels) and the raw-pixel reference, through the
+class with 3 seeds, and all labels), through the
 library's own cache (``unsup.evaluate.protocol``), then copies those cache files
 into src/unsup/evaluate/shipped/, where ``unsup probe`` and ``unsup bench`` find
 them on a fresh machine. A user's cache always wins over a shipped file; delete
@@ -18,8 +19,10 @@ import json
 import shutil
 import time
 
+from unsup.api import _load_train
 from unsup.data import load
 from unsup.evaluate.protocol import DEFAULT_BUDGETS, SHIPPED, reference_cache, supervised_rows
+from unsup.registry import get_method
 
 
 def main() -> None:
@@ -27,8 +30,15 @@ def main() -> None:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--backbone", default="small-convnet")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--method", help="use this method's probe sets and default backbone (e.g. the video stills)")
     args = p.parse_args()
-    train, test = load(args.data, "train"), load(args.data, "test")
+    if args.method:
+        cls = get_method(args.method)
+        method = cls(cls.Config(), _load_train(cls, args.data).shape)
+        train, test = method.probe_datasets(args.data)
+        args.backbone = getattr(method.cfg, "backbone", args.backbone)
+    else:
+        train, test = load(args.data, "train"), load(args.data, "test")
     t0 = time.perf_counter()
     rows = supervised_rows(train, test, DEFAULT_BUDGETS, args.seeds, args.backbone)
     print(f"supervised reference ({args.backbone}, {time.perf_counter() - t0:.0f} s):")

@@ -59,6 +59,15 @@ def test_rows_have_the_protocol_schema():
         assert 0 <= r["accuracy_mean"] <= 1 and r["accuracy_std"] >= 0
         assert r["seeds"] == ([0] if r["labels_per_class"] == "all" else [0, 1])
     assert rows[-2]["accuracy_mean"] > 0.9
+    # the label draws probed side by side (two threads) give the rows of one after another
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_by_one = evaluate_features(x, y, xt, yt, 3, budgets=(1, 10, "all"), seeds=2)
+        torch.set_num_threads(2)
+        assert evaluate_features(x, y, xt, yt, 3, budgets=(1, 10, "all"), seeds=2) == one_by_one
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_supervised_reference_learns_is_cached_and_runs_in_parallel_workers(fm_small, monkeypatch):
@@ -119,3 +128,36 @@ def test_row_space_fit_equals_the_full_fit_when_features_outnumber_labels(monkey
     reduced = linear.linear_probe_accuracy(x, y, xt, yt, 3)
     monkeypatch.setattr(linear, "row_space", lambda a, b: (a, b))
     assert linear.linear_probe_accuracy(x, y, xt, yt, 3) == reduced
+
+
+def test_logistic_fit_reaches_the_autograd_optimum_and_warm_starts():
+    """The written-out gradient is the autograd one: the fit's objective has zero
+    gradient under autograd, and a warm start lands on the same optimum."""
+    x, y = blobs(30, spread=2.0)
+    for l2 in (1e-3, 1e-1):
+        w, b = linear.fit_logistic(x, y, 4, l2)
+        w, b = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        gw, gb = torch.autograd.grad(loss, (w, b))
+        assert gw.abs().max() < 1e-3 and gb.abs().max() < 1e-3
+        warm = linear.fit_logistic(x, y, 4, l2, init=linear.fit_logistic(x, y, 4, 10 * l2))
+        assert torch.allclose(warm[0], w.detach(), atol=1e-2)
+
+
+def test_features_fold_batchnorm_without_changing_them(fm_small):
+    from unsup.evaluate.features import extract_features, fold_batchnorm
+    from unsup.nets import build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("small-convnet", 1, 28)
+    for m in enc.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    images = load(fm_small, "test").images[:64]
+    folded = fold_batchnorm(enc)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())  # the encoder itself is untouched
+    with torch.no_grad():
+        expected = enc.eval()(images.float() / 255)
+    assert torch.allclose(extract_features(enc, images, batch_size=16), expected, atol=1e-4)

@@ -155,3 +155,7 @@ def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_small, 
     rows = random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")
     by_init = rows[0]["accuracies_by_init"]
     assert rows[0]["inits"] == 3 and len({a for (a,) in by_init}) > 1
+    # cached by the initial weights: the same whitening is read back, another one is recomputed
+    assert random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")[0]["source"] == "cache"
+    method.encoder.mean += 1.0
+    assert random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")[0]["source"] == "computed"

@@ -9,9 +9,10 @@ from . import data as datasets
 from .api import bench, pretrain, probe_run
 from .errors import UnsupError
 from .evaluate import probe
+from .export import export_encoder
 from .registry import all_methods, get_method
 from .run import load_encoder, load_method
 
 __version__ = "0.1.0"
-__all__ = ["UnsupError", "all_methods", "bench", "datasets", "get_method", "load_encoder", "load_method", "pretrain",
+__all__ = ["UnsupError", "all_methods", "bench", "datasets", "export_encoder", "get_method", "load_encoder", "load_method", "pretrain",
            "probe", "probe_run"]

@@ -1,4 +1,4 @@
-"""The command line: ``unsup methods | data get | pretrain | probe | bench | show``.
+"""The command line: ``unsup methods | data get | pretrain | probe | bench | show | export``.
 
 User-fixable problems (``UnsupError``) print one line and exit with status 2.
 """
@@ -109,6 +109,13 @@ def cmd_show(args) -> None:
         print(format_rows(json.loads(run.file("probe.json").read_text())))
 
 
+def cmd_export(args) -> None:
+    from .export import export_encoder, sidecar
+
+    out = export_encoder(args.run, args.format, args.out, overwrite=args.overwrite)
+    print(f"{args.format}: {out} (description: {sidecar(out)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unsup", description="Unsupervised visual representation learning, measured with few labels.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -167,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("show", help="show a run: config, k-NN monitor, probe results")
     sp.add_argument("run")
     sp.set_defaults(fn=cmd_show)
+
+    sp = sub.add_parser("export", help="write a run's encoder for other tools: torchvision, timm, torchscript or onnx")
+    sp.add_argument("run")
+    sp.add_argument("--format", required=True, help="torchvision | timm (resnet18 runs: weights, normalise inputs yourself) | "
+                    "torchscript | onnx (any run: images in [0, 1] -> features, normalisation inside)")
+    sp.add_argument("--out", required=True, help="the file to write; a JSON description goes to OUT.json")
+    sp.add_argument("--overwrite", action="store_true", help="replace OUT and OUT.json if they exist")
+    sp.set_defaults(fn=cmd_export)
     return p
 
 

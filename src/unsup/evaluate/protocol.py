@@ -18,10 +18,12 @@ and its rows say so (``source``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -30,12 +32,15 @@ from ..data import few_label_indices
 from ..data.fetch import cache_dir
 from .features import extract_features, raw_pixels
 from .knn import knn_accuracy
+from .linear import SOLVER as LINEAR_SOLVER
 from .linear import linear_probe_accuracy
 
 DEFAULT_BUDGETS = (1, 10, 100, "all")
 # bump when the protocol changes, so cached references are recomputed
 PROTOCOL_VERSION = 5
 RANDOM_INITS = 3
+# label draws of at most this many images are probed side by side (see evaluate_features)
+SIDE_BY_SIDE_MAX = 5_000
 SHIPPED = Path(__file__).parent / "shipped"
 
 
@@ -78,25 +83,43 @@ def _row(n, classifier: str, accs: list[float], seeds: list[int], **extra) -> di
             "accuracies": accs, **extra}
 
 
+def _probe_draw(train_s, train_f, train_y, test_s, test_f, test_y, num_classes: int, n, seed: int) -> tuple[float, float, float]:
+    """(linear accuracy, its L2, k-NN accuracy) for one label draw."""
+    idx = few_label_indices(train_y, n, seed)
+    acc, l2 = linear_probe_accuracy(train_s[idx], train_y[idx], test_s, test_y, num_classes, seed=seed)
+    return acc, l2, knn_accuracy(train_f[idx], train_y[idx], test_f, test_y, num_classes, k=min(20, len(idx)))
+
+
 def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                       num_classes: int, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> list[dict]:
-    """k-NN and linear-probe rows for precomputed features."""
+    """k-NN and linear-probe rows for precomputed features.
+
+    The small label budgets' draws are independent fits too small to use two
+    cores each, so they run side by side, one thread each (the same results as
+    one after another); the large ones (all labels) use every thread."""
     train_y, test_y = train_y.cpu(), test_y.cpu()
     # standardise with statistics of the whole (unlabelled) training split
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
     train_s, test_s = (train_f - mu) / sd, (test_f - mu) / sd
+    draw = functools.partial(_probe_draw, train_s, train_f, train_y, test_s, test_f, test_y, num_classes)
+    jobs = [(n, s) for n in budgets for s in _seeds_for(n, seeds)]
+    small = [j for j in jobs if j[0] != "all" and j[0] * num_classes <= SIDE_BY_SIDE_MAX]
+    threads = torch.get_num_threads()
+    done = {}
+    if threads > 1 and len(small) > 1:
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(threads, len(small))) as pool:
+                done = dict(zip(small, pool.map(lambda j: draw(*j), small)))
+        finally:
+            torch.set_num_threads(threads)
+    done.update({j: draw(*j) for j in jobs if j not in done})
     rows = []
     for n in budgets:
         seed_list = _seeds_for(n, seeds)
-        lin, knn, l2s = [], [], []
-        for s in seed_list:
-            idx = few_label_indices(train_y, n, s)
-            acc, l2 = linear_probe_accuracy(train_s[idx], train_y[idx], test_s, test_y, num_classes, seed=s)
-            lin.append(acc)
-            l2s.append(l2)
-            knn.append(knn_accuracy(train_f[idx], train_y[idx], test_f, test_y, num_classes, k=min(20, len(idx))))
-        rows.append(_row(n, "linear", lin, seed_list, l2=l2s))
-        rows.append(_row(n, "knn", knn, seed_list))
+        lin, l2s, knn = zip(*(done[(n, s)] for s in seed_list))
+        rows.append(_row(n, "linear", list(lin), seed_list, l2=list(l2s)))
+        rows.append(_row(n, "knn", list(knn), seed_list))
     return rows
 
 
@@ -114,7 +137,8 @@ def _data_key(train, test) -> dict:
 
 def raw_pixel_rows(train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> list[dict]:
     """The raw-pixel reference (cached: it is the same for every method)."""
-    key = {"kind": "raw-pixels", **_data_key(train, test), "budgets": list(budgets), "seeds": seeds}
+    key = {"kind": "raw-pixels", **_data_key(train, test), "budgets": list(budgets), "seeds": seeds,
+           "linear_probe": LINEAR_SOLVER}
     return cached(key, lambda: evaluate_features(raw_pixels(train.images), train.labels, raw_pixels(test.images),
                                                  test.labels, train.num_classes, budgets, seeds))
 
@@ -158,37 +182,42 @@ def merge_rows(runs: list[list[dict]], by: str) -> list[dict]:
     return out
 
 
+def _weights_digest(modules) -> str:
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in sorted(m.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu",
                         inits: int = RANDOM_INITS) -> list[dict]:
     """The random-weights reference over ``inits`` initialisations of the method's
-    encoder; cached by architecture when the encoder is a plain backbone
-    (methods sharing a backbone share one reference)."""
-    from ..nets import Encoder
-
-    def compute():
-        runs = []
-        for i in range(inits):
-            torch.manual_seed(10_000 + i)
-            runs.append(probe(method.random_encoder().to(device), train, test, budgets, seeds, device))
-        return merge_rows(runs, "init")
-
-    first = method.random_encoder()
-    if not isinstance(first, Encoder):  # its random version depends on learned parts (e.g. whitening)
-        return _with_source(compute(), "computed")
-    key = {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(first),
-           "budgets": list(budgets), "seeds": seeds, "inits": inits}
-    return cached(key, compute)
+    encoder (seeds 10_000 + i). Cached by the initial weights themselves, so
+    methods sharing a backbone share one reference, and a random encoder that
+    depends on learned parts (k-means' whitening) is recomputed only when they
+    change."""
+    encoders = []
+    for i in range(inits):
+        torch.manual_seed(10_000 + i)
+        encoders.append(method.random_encoder())
+    key = {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(encoders[0]),
+           "weights": _weights_digest(encoders), "budgets": list(budgets), "seeds": seeds, "inits": inits,
+           "linear_probe": LINEAR_SOLVER}
+    return cached(key, lambda: merge_rows([probe(e.to(device), train, test, budgets, seeds, device) for e in encoders], "init"))
 
 
 def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu", quiet=True, max_steps: int | None = None) -> list[dict]:
     """The supervised reference for each label budget: one cached run per
     (budget, seed), the missing ones trained in parallel."""
-    from .supervised import MAX_STEPS, SETTINGS, supervised_references
+    from .supervised import MAX_STEPS, settings_for, supervised_references
 
     max_steps = max_steps or MAX_STEPS
 
     def key(n, s):
-        settings = SETTINGS if max_steps == MAX_STEPS else {**SETTINGS, "max_steps": max_steps}
+        settings = settings_for(len(few_label_indices(train.labels, n, s)))
+        settings = settings if max_steps == MAX_STEPS else {**settings, "max_steps": max_steps}
         return {"kind": "supervised", **_data_key(train, test), "backbone": backbone, "labels_per_class": n, "seed": s,
                 "settings": settings}
 

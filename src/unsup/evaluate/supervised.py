@@ -6,7 +6,8 @@ convergence. Its length does not follow the pretraining budget: it is chosen on
 a hold-out inside the labelled subset, never on the test split.
 
 - Hold-out: a stratified share of the labelled images (20% of each class, at
-  most ``HOLDOUT_PER_CLASS``). With one label per class no hold-out can keep
+  most ``HOLDOUT_PER_CLASS``, or ``LARGE_SET_HOLDOUT_PER_CLASS`` for a set of
+  more than ``REFIT_MAX`` images). With one label per class no hold-out can keep
   every class in training, so a fixed length (``FIXED_STEPS``) is used, the way
   the linear probe falls back to a fixed L2 there.
 - Schedule: AdamW at a constant rate after a short warm-up; the hold-out
@@ -18,10 +19,12 @@ a hold-out inside the labelled subset, never on the test split.
 - Final model: for a labelled set of at most ``REFIT_MAX`` images, the network
   is trained again from the same initialisation on every labelled image
   (hold-out included) for the chosen length with the same rate drops; a larger
-  set keeps the early-stopped network (its hold-out is under 2% of the set, and
-  a second run would double the cost).
-- Augmentation: the shared batched pipeline (``unsup.data.augment``) with
-  the default settings every method starts from (``SUPERVISED_AUGMENT``).
+  set keeps the early-stopped network (its hold-out is under 10% of the set,
+  and a second run would double the cost).
+- Augmentation: the shared batched pipeline (``unsup.data.augment``): the
+  default settings every method starts from (``SUPERVISED_AUGMENT``); for a set
+  of more than ``REFIT_MAX`` images a lighter setting (``LARGE_SET_AUGMENT``,
+  chosen on a validation split of the training data).
 
 Results are cached (and may ship with the package, see ``protocol.cached``) per
 dataset, backbone, label budget and seed.
@@ -52,9 +55,21 @@ MAX_EPOCHS, MAX_STEPS = 60, 4000
 SETTINGS = {"augment": repr(SUPERVISED_AUGMENT), "holdout": [HOLDOUT_SHARE, HOLDOUT_PER_CLASS], "fixed_steps": FIXED_STEPS,
             "refit_max": REFIT_MAX, "lr": LR, "weight_decay": WEIGHT_DECAY, "warmup": WARMUP_STEPS, "patience": PATIENCE,
             "drops": DROPS, "max_epochs": MAX_EPOCHS, "max_steps": MAX_STEPS}
+# a labelled set larger than REFIT_MAX: lighter augmentation (chosen on a
+# validation split of the training data: benchmarks/supervised_augment.py) and
+# a larger hold-out, whose readings are steadier (1,000 images put the first
+# rate drop on a noisy dip)
+LARGE_SET_AUGMENT = AugmentConfig(crop_scale=(0.6, 1.0), blur_prob=0.0)
+LARGE_SET_HOLDOUT_PER_CLASS = 500
+LARGE_SET_SETTINGS = {**SETTINGS, "augment": repr(LARGE_SET_AUGMENT), "holdout": [HOLDOUT_SHARE, LARGE_SET_HOLDOUT_PER_CLASS]}
 
 
-def holdout_split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def settings_for(num_labels: int) -> dict:
+    """The settings a reference on ``num_labels`` labelled images runs with (its cache key)."""
+    return LARGE_SET_SETTINGS if num_labels > REFIT_MAX else SETTINGS
+
+
+def holdout_split(labels: torch.Tensor, seed: int, per_class: int = HOLDOUT_PER_CLASS) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(fit, hold-out) positions, stratified; None when a class has a single image."""
     counts = torch.bincount(labels)
     if int(counts[counts > 0].min()) < 2:
@@ -64,7 +79,7 @@ def holdout_split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        k = max(1, min(HOLDOUT_PER_CLASS, round(HOLDOUT_SHARE * len(idx))))
+        k = max(1, min(per_class, round(HOLDOUT_SHARE * len(idx))))
         held.append(idx[:k])
         fit.append(idx[k:])
     return torch.sort(torch.cat(fit)).values, torch.sort(torch.cat(held)).values
@@ -99,7 +114,7 @@ def _evaluate(model, images, labels) -> tuple[float, float]:
 
 def train_classifier(images, labels, backbone: str, num_classes: int, seed: int, device="cpu", steps: int | None = None,
                      drops_at: tuple[int, ...] = (), holdout=None, quiet: bool = True,
-                     max_steps: int = MAX_STEPS) -> tuple[nn.Module, dict]:
+                     max_steps: int = MAX_STEPS, augment_config: AugmentConfig = SUPERVISED_AUGMENT) -> tuple[nn.Module, dict]:
     """Train on (images, labels). With ``holdout`` (images, labels) the length is
     chosen there (see the module docstring) and the best network is returned; with
     ``steps`` it trains exactly that long, dropping the rate at ``drops_at``."""
@@ -124,7 +139,7 @@ def train_classifier(images, labels, backbone: str, num_classes: int, seed: int,
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, step / WARMUP_STEPS)
         idx = idx.to(device)
-        loss = F.cross_entropy(model(augment(images[idx], SUPERVISED_AUGMENT)), labels[idx])
+        loss = F.cross_entropy(model(augment(images[idx], augment_config)), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -163,14 +178,16 @@ def supervised_reference(train, test, per_class, seed: int, backbone: str = "sma
     (``max_steps`` caps the length: tests use a small cap)."""
     idx = few_label_indices(train.labels, per_class, seed)
     images, labels = train.images[idx], train.labels[idx].cpu()
-    split = holdout_split(labels, seed)
+    large = len(idx) > REFIT_MAX
+    split = holdout_split(labels, seed, LARGE_SET_HOLDOUT_PER_CLASS if large else HOLDOUT_PER_CLASS)
     if split is None:
         model, info = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=min(FIXED_STEPS, max_steps), quiet=quiet)
         info["length"] = "fixed (one label per class: no hold-out)"
     else:
         fit, held = split
         model, info = train_classifier(images[fit], labels[fit], backbone, train.num_classes, seed, device,
-                                       holdout=(images[held], labels[held]), quiet=quiet, max_steps=max_steps)
+                                       holdout=(images[held], labels[held]), quiet=quiet, max_steps=max_steps,
+                                       augment_config=LARGE_SET_AUGMENT if large else SUPERVISED_AUGMENT)
         info["length"] = "chosen on the hold-out"
         if len(idx) <= REFIT_MAX:  # train again on every label for the chosen length
             model, _ = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=info["steps"],

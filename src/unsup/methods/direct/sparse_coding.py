@@ -83,9 +83,10 @@ class SoftThresholdEncoder(nn.Module):
         self.register_buffer("whiten", torch.eye(d))
         self.register_buffer("atoms", F.normalize(torch.randn(num_atoms, d), dim=1))
         self.out_dim = 8 * num_atoms
+        self.chunk = 16  # images per pass: bounds the (patches x atoms) code matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self._features(x[i : i + 16]) for i in range(0, len(x), 16)])
+        return torch.cat([self._features(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)])
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]

@@ -128,7 +128,8 @@ class PredNetFeatures(nn.Module):
         self.out_dim = 2 * sum(net.r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.prednet.init_state(len(x), x.shape[2], x.shape[3], x.device, x.dtype)
+        # x.shape[0], not len(x): a trace (unsup export) then keeps the batch size free
+        state = self.prednet.init_state(x.shape[0], x.shape[2], x.shape[3], x.device, x.dtype)
         for _ in range(self.steps):
             _pred, _err, state = self.prednet.step(x, state)
         rs = [h for h, _c in state[0]]

@@ -119,6 +119,10 @@ def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, 
         train, test = validation_split(train)
     # status on stderr: stdout may carry the JSON result (`unsup probe --json`)
     say = (lambda text: None) if quiet else (lambda text: print(f"   {config['method']}: {text}", file=sys.stderr, flush=True))
+
+    def label(stage: str | None = None) -> str | None:  # progress bars' label; none when quiet
+        return None if quiet else f"   {config['method']}" + (f" {stage}" if stage else "")
+
     say("features and probes")
     result = {
         "method": config["method"],
@@ -131,16 +135,17 @@ def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, 
         "encoder_dim": int(getattr(method.encoder, "out_dim", 0)),
         "all_labels_per_class": round(len(train) / max(1, train.num_classes)),
         "test_size": len(test),
-        "results": probe(method.encoder, train, test, budgets, seeds, dev),
+        "results": probe(method.encoder, train, test, budgets, seeds, dev, label()),
         "references": {},
         "figures": sorted(str(p.relative_to(run.path)) for p in run.figures_dir.glob("*.png")) if run.figures_dir.exists() else [],
         "run_dir": str(run.path.resolve()),
     }
     if references:
         say("raw-pixel reference")
-        result["references"]["raw_pixels"] = raw_pixel_rows(train, test, budgets, seeds)
+        result["references"]["raw_pixels"] = raw_pixel_rows(train, test, budgets, seeds, label("raw pixels"))
         say("random-encoder reference (3 initialisations)")
-        result["references"]["random_encoder"] = random_encoder_rows(method, train, test, budgets, seeds, dev)
+        result["references"]["random_encoder"] = random_encoder_rows(method, train, test, budgets, seeds, dev,
+                                                                     progress=label("random init"))
         if supervised:
             backbone = getattr(method.cfg, "backbone", "small-convnet")
             say(f"supervised reference ({backbone}; cached after its first run)")
@@ -148,8 +153,8 @@ def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, 
             result["references"]["supervised"] = sup
             if any(r.get("source") == "shipped" for r in sup):
                 result["references"]["supervised_note"] = (
-                    "shipped with the package (made by `python benchmarks/references.py`); delete "
-                    "src/unsup/evaluate/shipped/ to recompute it on this machine")
+                    "shipped with the package (made by `python benchmarks/references.py`, with `--method NAME` for a "
+                    "method's own probe sets); delete src/unsup/evaluate/shipped/ to recompute it on this machine")
         add_intervals(result, len(test))
     metrics = method.family_metrics(config["data"], dev) if family_metrics else {}
     if metrics:

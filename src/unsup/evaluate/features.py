@@ -24,8 +24,10 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, images: torch.Tensor, device=None, batch_size: int | None = None) -> torch.Tensor:
-    """``(N, C, H, W)`` uint8 -> ``(N, D)`` float32 on the CPU."""
+def extract_features(encoder: nn.Module, images: torch.Tensor, device=None, batch_size: int | None = None,
+                     progress=None) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 -> ``(N, D)`` float32 on the CPU; ``progress``, a
+    tqdm bar, advances by the images done."""
     device = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
     # on a CPU, batches of 256 stay in cache (measured 1.4x faster than 1024 for the small convnet)
     batch_size = batch_size or (1024 if device.type == "cuda" else 256)
@@ -36,6 +38,8 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device=None, batc
         x = to_float(images[i : i + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(net(x).float().flatten(1).cpu())
+        if progress is not None:
+            progress.update(len(x))
     return torch.cat(out)
 
 

@@ -30,6 +30,7 @@ import torch
 
 from ..data import few_label_indices
 from ..data.fetch import cache_dir
+from ..progress import bar
 from .features import extract_features, raw_pixels
 from .knn import knn_accuracy
 from .linear import SOLVER as LINEAR_SOLVER
@@ -91,7 +92,7 @@ def _probe_draw(train_s, train_f, train_y, test_s, test_f, test_y, num_classes: 
 
 
 def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
-                      num_classes: int, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> list[dict]:
+                      num_classes: int, budgets=DEFAULT_BUDGETS, seeds: int = 3, progress: str | None = None) -> list[dict]:
     """k-NN and linear-probe rows for precomputed features.
 
     The small label budgets' draws are independent fits too small to use two
@@ -106,14 +107,20 @@ def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torc
     small = [j for j in jobs if j[0] != "all" and j[0] * num_classes <= SIDE_BY_SIDE_MAX]
     threads = torch.get_num_threads()
     done = {}
-    if threads > 1 and len(small) > 1:
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(min(threads, len(small))) as pool:
-                done = dict(zip(small, pool.map(lambda j: draw(*j), small)))
-        finally:
-            torch.set_num_threads(threads)
-    done.update({j: draw(*j) for j in jobs if j not in done})
+    with bar(progress and f"{progress}: probes", len(jobs), "draw") as b:
+        def counted(job):
+            result = draw(*job)
+            b.update(1)
+            return result
+
+        if threads > 1 and len(small) > 1:
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(min(threads, len(small))) as pool:
+                    done = dict(zip(small, pool.map(counted, small)))
+            finally:
+                torch.set_num_threads(threads)
+        done.update({j: counted(j) for j in jobs if j not in done})
     rows = []
     for n in budgets:
         seed_list = _seeds_for(n, seeds)
@@ -123,11 +130,13 @@ def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torc
     return rows
 
 
-def probe(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu") -> list[dict]:
-    """Rows for one encoder on a labelled (train, test) pair."""
-    tf = extract_features(encoder, train.images, device)
-    sf = extract_features(encoder, test.images, device)
-    return evaluate_features(tf, train.labels, sf, test.labels, train.num_classes, budgets, seeds)
+def probe(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu", progress: str | None = None) -> list[dict]:
+    """Rows for one encoder on a labelled (train, test) pair; ``progress``
+    labels the progress bars (none when None)."""
+    with bar(progress and f"{progress}: features", len(train) + len(test), "img") as b:
+        tf = extract_features(encoder, train.images, device, progress=b)
+        sf = extract_features(encoder, test.images, device, progress=b)
+    return evaluate_features(tf, train.labels, sf, test.labels, train.num_classes, budgets, seeds, progress)
 
 
 def _data_key(train, test) -> dict:
@@ -135,12 +144,12 @@ def _data_key(train, test) -> dict:
             "labels": hashlib.sha256(train.labels.cpu().numpy().tobytes()).hexdigest()[:16]}
 
 
-def raw_pixel_rows(train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> list[dict]:
+def raw_pixel_rows(train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, progress: str | None = None) -> list[dict]:
     """The raw-pixel reference (cached: it is the same for every method)."""
     key = {"kind": "raw-pixels", **_data_key(train, test), "budgets": list(budgets), "seeds": seeds,
            "linear_probe": LINEAR_SOLVER}
     return cached(key, lambda: evaluate_features(raw_pixels(train.images), train.labels, raw_pixels(test.images),
-                                                 test.labels, train.num_classes, budgets, seeds))
+                                                 test.labels, train.num_classes, budgets, seeds, progress))
 
 
 def _match(rows, row, classifier=None) -> dict | None:
@@ -192,7 +201,7 @@ def _weights_digest(modules) -> str:
 
 
 def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu",
-                        inits: int = RANDOM_INITS) -> list[dict]:
+                        inits: int = RANDOM_INITS, progress: str | None = None) -> list[dict]:
     """The random-weights reference over ``inits`` initialisations of the method's
     encoder (seeds 10_000 + i). Cached by the initial weights themselves, so
     methods sharing a backbone share one reference, and a random encoder that
@@ -205,7 +214,8 @@ def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int
     key = {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(encoders[0]),
            "weights": _weights_digest(encoders), "budgets": list(budgets), "seeds": seeds, "inits": inits,
            "linear_probe": LINEAR_SOLVER}
-    return cached(key, lambda: merge_rows([probe(e.to(device), train, test, budgets, seeds, device) for e in encoders], "init"))
+    return cached(key, lambda: merge_rows([probe(e.to(device), train, test, budgets, seeds, device,
+                                                 progress and f"{progress} {i + 1}/{inits}") for i, e in enumerate(encoders)], "init"))
 
 
 def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu", quiet=True, max_steps: int | None = None) -> list[dict]:

@@ -10,6 +10,11 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# the test extras (pytest, ruff, onnx, onnxruntime, tensorboard): not needed by the bench
+$(VENV)/.test-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -21,10 +26,10 @@ data: setup
 bench: data
 	$(VENV)/bin/unsup bench --data fashion-mnist --out bench-out
 
-test: data
+test: data $(VENV)/.test-installed
 	$(PY) -m pytest -q
 
-lint: setup
+lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check src tests
 
 clean:

@@ -48,8 +48,10 @@ def _load_train(method_cls, data: str):
 def pretrain(method: str, data: str = "fashion-mnist", budget: str = "2m", out: str | Path | None = None,
              device: str = "auto", seed: int = 0, options: dict | None = None, resume: bool = False,
              overwrite: bool = False, quiet: bool = False, compile: bool = False, monitor: bool = True,
-             figures: bool = True) -> Path:
-    """Pretrain ``method`` without labels; returns the run directory."""
+             figures: bool = True, tensorboard: bool = True) -> Path:
+    """Pretrain ``method`` without labels; returns the run directory (TensorBoard
+    event files in ``RUN/tensorboard/`` when the package is installed and
+    ``tensorboard`` is on)."""
     cls = get_method(method)
     cfg = config_from_dict(cls.Config, options)
     budget_ = parse_budget(budget)
@@ -66,7 +68,7 @@ def pretrain(method: str, data: str = "fashion-mnist", budget: str = "2m", out: 
     dist.barrier()
     mon_data = train.monitor_data() if hasattr(train, "monitor_data") else train  # video: labelled stills
     mon = KnnMonitor(mon_data, seed=seed) if (monitor and mon_data is not None and mon_data.labels is not None) else None
-    ctx = TrainContext(device=dev, run=run, quiet=quiet, resume=resume, compile=compile, seed=seed, monitor=mon,
+    ctx = TrainContext(device=dev, run=run, quiet=quiet, resume=resume, compile=compile, seed=seed, monitor=mon, tensorboard=tensorboard,
                        desc=f"{method}")
     shard = train
     if not cls.uses_gradients and dist.world_size() > 1:  # non-gradient fits see their shard only
@@ -192,7 +194,7 @@ def _merge_seeds(results: list[dict]) -> dict:
     return merged
 
 
-def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "90s", out: str | Path = "bench-out",
+def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "60s", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
           command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False) -> list[dict]:
     """Pretrain and probe every entry of a plan (default: ``methods`` with the

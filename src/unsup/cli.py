@@ -53,7 +53,7 @@ def cmd_pretrain(args) -> None:
 
     run = pretrain(args.method, data=args.data, budget=args.budget, out=args.out, device=args.device, seed=args.seed,
                    options=_options(args.option), resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                   compile=args.compile)
+                   compile=args.compile, tensorboard=not args.no_tensorboard)
     from .train import distributed as dist
 
     if dist.is_main():
@@ -85,7 +85,7 @@ def cmd_bench(args) -> None:
         raise UnsupError(f"--seeds must be at least 1, got {args.seeds}")
     from .api import resolve_device
 
-    budget = args.budget or ("30s" if resolve_device(args.device).type == "cuda" else "90s")
+    budget = args.budget or ("30s" if resolve_device(args.device).type == "cuda" else "60s")
     command = "unsup " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bench(data=args.data, methods=methods, budget=budget, out=args.out, budgets=parse_label_budgets(args.labels),
           seeds=args.seeds, device=args.device, quiet=args.quiet, command=command, plan=args.plan, fresh=args.fresh,
@@ -94,6 +94,8 @@ def cmd_bench(args) -> None:
 
 
 def cmd_show(args) -> None:
+    """Config, k-NN monitor, training summary and curves (``RUN/figures/curves.png``), probe results."""
+    from .curves import plot_curves, summary
     from .run import RunDir
 
     run = RunDir(args.run)
@@ -102,7 +104,12 @@ def cmd_show(args) -> None:
     metrics = run.metrics()
     monitor = [m for m in metrics if "knn_monitor" in m]
     if monitor:
-        print("k-NN monitor: " + ", ".join(f"{m['images_seen']}: {m['knn_monitor']:.3f}" for m in monitor))
+        print("k-NN monitor: " + ", ".join(f"{m.get('images_seen', '?')}: {m['knn_monitor']:.3f}" for m in monitor))
+    if metrics:
+        print(summary(metrics))
+        curves = plot_curves(metrics, run.figures_dir / "curves.png")
+        if curves is not None:
+            print(f"curves: {curves}")
     if run.file("probe.json").exists():
         from .report import format_rows
 
@@ -144,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     sp.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     sp.add_argument("--compile", action="store_true", help="torch.compile the method's networks (off by default: not faster on small models)")
+    sp.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in OUT/tensorboard/ "
+                    "(written by default when the tensorboard package is installed)")
     common(sp)
     sp.set_defaults(fn=cmd_pretrain)
 
@@ -162,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--methods", default=None, help="comma-separated names, or all (default: one method per family)")
     sp.add_argument("--plan", default=None, help="a plan file (YAML: entries with method, options, budget, seeds, floors)")
     sp.add_argument("--budget", default=None, help="the pretraining budget of every method (a plan's default): time (90s, 10m) or "
-                    "images (60k); default 90s on a CPU, 30s on a GPU")
+                    "images (60k); default 60s on a CPU, 30s on a GPU")
     sp.add_argument("--family-metrics", action="store_true", help="with --methods: each method's own numbers too (a plan sets family_metrics itself)")
     sp.add_argument("--fresh", action="store_true", help="redo every entry (by default results already in --out for an unchanged entry are reused)")
     sp.add_argument("--out", default="bench-out")
@@ -171,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(fn=cmd_bench)
 
-    sp = sub.add_parser("show", help="show a run: config, k-NN monitor, probe results")
+    sp = sub.add_parser("show", help="show a run: config, k-NN monitor, training summary and curves (RUN/figures/curves.png), probe results")
     sp.add_argument("run")
     sp.set_defaults(fn=cmd_show)
 

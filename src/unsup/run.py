@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -16,8 +17,8 @@ import yaml
 
 from .errors import UnsupError
 
-CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE, FIGURES = (
-    "config.yaml", "metrics.jsonl", "encoder.safetensors", "encoder.json", "checkpoint.pt", "probe.json", "figures",
+CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE, FIGURES, TENSORBOARD = (
+    "config.yaml", "metrics.jsonl", "encoder.safetensors", "encoder.json", "checkpoint.pt", "probe.json", "figures", "tensorboard",
 )
 
 
@@ -83,6 +84,7 @@ class RunDir:
             for name in (CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE):
                 self.file(name).unlink(missing_ok=True)
             shutil.rmtree(self.figures_dir, ignore_errors=True)
+            shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.file(CONFIG), yaml.safe_dump(config, sort_keys=False))
 
@@ -91,8 +93,24 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict]:
+        """The records of ``metrics.jsonl``; a line that is not a JSON object (a run killed mid-write) is
+        skipped with a one-line warning on stderr naming the file and line."""
         p = self.file(METRICS)
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else []
+        if not p.exists():
+            return []
+        records = []
+        for number, line in enumerate(p.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                print(f"warning: {p}:{number}: not a JSON object, skipped", file=sys.stderr)
+        return records
 
     # --- checkpoint (weights_only loading: no arbitrary pickle) -----------
     def save_checkpoint(self, state: dict) -> None:

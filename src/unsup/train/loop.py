@@ -5,7 +5,9 @@ rate after the warm-up: ``schedule = "constant"``), bf16 autocast and
 channels_last on CUDA, optional ``torch.compile``, data-parallel gradient
 averaging under ``torchrun``, metrics as JSON lines, an atomic checkpoint every
 few minutes, ``resume``, a k-NN monitor, and a clear stop on a NaN loss that
-keeps the last good checkpoint.
+keeps the last good checkpoint. Every metrics record also goes to TensorBoard
+event files in ``RUN/tensorboard/`` when the ``tensorboard`` package is installed
+(``TrainContext.tensorboard``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..errors import UnsupError
 from . import distributed as dist
 from .budget import Budget, parse_budget
 from .optim import lr_factor, make_optimizer, set_lr
+from .tensorboard import TensorBoardLog, open_log
 
 
 @dataclass
@@ -38,10 +41,24 @@ class TrainContext:
     log_every: int = 10  # steps
     monitor: object | None = None  # a KnnMonitor, or None
     desc: str = "pretrain"
+    tensorboard: bool = True  # mirror metrics records to RUN/tensorboard/ (when the package is installed)
+    _tb: TensorBoardLog | None = field(default=None, init=False, repr=False)
+    _tb_opened: bool = field(default=False, init=False, repr=False)
 
     def log(self, record: dict) -> None:
+        """Append ``record`` to ``metrics.jsonl`` and the TensorBoard events (main process, run on disk)."""
         if self.run is not None and dist.is_main():
             self.run.log(record)
+            if not self._tb_opened:
+                self._tb, self._tb_opened = open_log(self.run.path, self.tensorboard), True
+            if self._tb is not None:
+                self._tb.write(record)
+
+    def close(self) -> None:
+        """Close the TensorBoard writer; a later ``log`` opens a new one."""
+        if self._tb is not None:
+            self._tb.close()
+        self._tb, self._tb_opened = None, False
 
     def progress_bar(self, total: float, unit: str):
         return tqdm(total=total, unit=unit, desc=self.desc, disable=self.quiet or not dist.is_main(), dynamic_ncols=True, leave=False)
@@ -116,6 +133,7 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
     bar.update(min(total, images_seen if budget.kind == "images" else elapsed))
     start = time.perf_counter() - elapsed
     last_ckpt = last_monitor = time.perf_counter()
+    logged_images, logged_seconds = images_seen, elapsed  # throughput since the previous record
     logs: dict = {}
     done = budget.done(images_seen, elapsed)
     while not done:
@@ -140,8 +158,10 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
             elapsed = new_elapsed
             if step % ctx.log_every == 0:
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                images_per_s = (images_seen - logged_images) / max(elapsed - logged_seconds, 1e-9)
+                logged_images, logged_seconds = images_seen, elapsed
                 ctx.log({"step": step, "images_seen": images_seen, "seconds": round(elapsed, 2),
-                         "lr": optimizers[0].param_groups[0]["lr"], **logs})
+                         "lr": optimizers[0].param_groups[0]["lr"], "images_per_s": round(images_per_s, 1), **logs})
             if ctx.monitor is not None and now - last_monitor >= ctx.monitor_every:
                 ctx.monitor(method.encoder, step, images_seen, elapsed, ctx)
                 last_monitor = time.perf_counter()
@@ -159,5 +179,6 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
     checkpoint()
     if ctx.monitor is not None:
         ctx.monitor(method.encoder, step, images_seen, elapsed, ctx)
+    ctx.close()
     method.eval()
     return {"step": step, "images_seen": images_seen, "seconds": elapsed, **logs}

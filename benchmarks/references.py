@@ -15,13 +15,12 @@ the shipped files to make every machine recompute its own.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 
 from unsup.api import _load_train
 from unsup.data import load
-from unsup.evaluate.protocol import DEFAULT_BUDGETS, SHIPPED, reference_cache, supervised_rows
+from unsup.evaluate.protocol import DEFAULT_BUDGETS, SHIPPED, cache_name, reference_cache, supervised_key, supervised_rows
 from unsup.registry import get_method
 
 
@@ -45,13 +44,12 @@ def main() -> None:
     for r in rows:
         print(f"  {r['labels_per_class']}/class: {100 * r['accuracy_mean']:.1f} ± {100 * r['accuracy_std']:.1f}  steps {r['steps']}")
     SHIPPED.mkdir(parents=True, exist_ok=True)
-    copied = 0
-    for path in sorted(reference_cache().glob("supervised-*.json")):
-        key = json.loads(path.read_text())["key"]
-        if key["dataset"] == train.name and key["backbone"] == args.backbone:
-            shutil.copyfile(path, SHIPPED / path.name)
-            copied += 1
-    print(f"{copied} files in {SHIPPED}")
+    names = [cache_name(supervised_key(train, test, args.backbone, n, s)) for n in DEFAULT_BUDGETS
+             for s in ([0] if n == "all" else range(args.seeds))]
+    for name in names:
+        if (reference_cache() / name).is_file():
+            shutil.copyfile(reference_cache() / name, SHIPPED / name)
+    print(f"{len(names)} files in {SHIPPED}")
 
 
 if __name__ == "__main__":

@@ -218,18 +218,26 @@ def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int
                                                  progress and f"{progress} {i + 1}/{inits}") for i, e in enumerate(encoders)], "init"))
 
 
+def supervised_key(train, test, backbone: str, n, seed: int, max_steps: int | None = None) -> dict:
+    """The cache key of one supervised reference run: data, backbone, budget,
+    seed and the settings that run trains with."""
+    from .supervised import MAX_STEPS, settings_for
+
+    settings = settings_for(len(few_label_indices(train.labels, n, seed)))
+    settings = settings if max_steps in (None, MAX_STEPS) else {**settings, "max_steps": max_steps}
+    return {"kind": "supervised", **_data_key(train, test), "backbone": backbone, "labels_per_class": n, "seed": seed,
+            "settings": settings}
+
+
 def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu", quiet=True, max_steps: int | None = None) -> list[dict]:
     """The supervised reference for each label budget: one cached run per
     (budget, seed), the missing ones trained in parallel."""
-    from .supervised import MAX_STEPS, settings_for, supervised_references
+    from .supervised import MAX_STEPS, supervised_references
 
     max_steps = max_steps or MAX_STEPS
 
     def key(n, s):
-        settings = settings_for(len(few_label_indices(train.labels, n, s)))
-        settings = settings if max_steps == MAX_STEPS else {**settings, "max_steps": max_steps}
-        return {"kind": "supervised", **_data_key(train, test), "backbone": backbone, "labels_per_class": n, "seed": s,
-                "settings": settings}
+        return supervised_key(train, test, backbone, n, s, max_steps)
 
     jobs = [(n, s) for n in budgets for s in _seeds_for(n, seeds)]
     todo = [j for j in jobs if not any((d / cache_name(key(*j))).is_file() for d in (reference_cache(), SHIPPED))]

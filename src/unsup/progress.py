@@ -1,4 +1,4 @@
-"""Progress bars for the long stages around training (features, probes,
+"""Progress bars for every long stage (pretraining, features, probes,
 references): tqdm on stderr, silent when the caller passes no label
 (``--quiet``). A bar redraws itself every ``HEARTBEAT`` seconds even when no
 step finished (one all-label fit can take a minute), so a log never goes quiet
@@ -30,5 +30,5 @@ class _Bar(tqdm):
         super().close()
 
 
-def bar(label: str | None, total: int, unit: str) -> tqdm:
+def bar(label: str | None, total: float, unit: str) -> tqdm:
     return _Bar(total=total, desc=label, unit=unit, disable=label is None, leave=False, mininterval=2.0, dynamic_ncols=True)

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import progress
 from ..data import augment, few_label_indices
 from ..data.augment import AugmentConfig
 from ..nets import build_encoder
@@ -118,8 +119,6 @@ def train_classifier(images, labels, backbone: str, num_classes: int, seed: int,
     """Train on (images, labels). With ``holdout`` (images, labels) the length is
     chosen there (see the module docstring) and the best network is returned; with
     ``steps`` it trains exactly that long, dropping the rate at ``drops_at``."""
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     torch.manual_seed(seed)
     model = Classifier(backbone, images.shape[1:], num_classes).to(device).to(memory_format=torch.channels_last)
@@ -132,7 +131,7 @@ def train_classifier(images, labels, backbone: str, num_classes: int, seed: int,
     g = torch.Generator().manual_seed(seed)
     lr, drops, best, since_best = LR, [], None, 0
     history = []
-    bar = tqdm(total=limit, desc=f"supervised {n} labels", unit="step", disable=quiet, leave=False)
+    bar = progress.bar(None if quiet else f"supervised {n} labels", limit, "step")
     for step, idx in enumerate(_batches(n, batch, g), start=1):
         if step in drops_at:
             lr /= 10

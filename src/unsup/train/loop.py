@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
+from .. import progress as progress_bars
 from ..errors import UnsupError
 from . import distributed as dist
 from .budget import Budget, parse_budget
@@ -61,7 +61,7 @@ class TrainContext:
         self._tb, self._tb_opened = None, False
 
     def progress_bar(self, total: float, unit: str):
-        return tqdm(total=total, unit=unit, desc=self.desc, disable=self.quiet or not dist.is_main(), dynamic_ncols=True, leave=False)
+        return progress_bars.bar(None if self.quiet or not dist.is_main() else self.desc, total, unit)
 
 
 def _batches(n: int, batch: int, seed: int, epoch: int, device):

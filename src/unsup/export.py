@@ -36,7 +36,6 @@ import contextlib
 import copy
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -80,8 +79,8 @@ def export_encoder(run_dir: str | Path, fmt: str, out: str | Path, overwrite: bo
             traced = _trace(encoder, (c, h, w), for_onnx=fmt == "onnx")
             data = _torchscript_bytes(traced) if fmt == "torchscript" else _onnx_bytes(encoder, traced, (c, h, w))
             meta["normalisation"] = "inside the model: feed float images in [0, 1]"
-    _write(out, data)
-    _write(sidecar(out), json.dumps(meta, indent=2) + "\n")
+    atomic_write(out, data)
+    atomic_write(sidecar(out), json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -92,14 +91,6 @@ def _check_targets(out: Path, overwrite: bool) -> None:
             raise UnsupError(f"{p} is a directory; give --out a file path, e.g. {p / 'encoder.onnx'}")
         if p.exists() and not overwrite:
             raise UnsupError(f"{p} already exists; pass --overwrite to replace it, or choose another --out")
-
-
-def _write(path: Path, data: bytes | str) -> None:
-    """Atomic write, then the permissions of an ordinary new file (the temporary file is private to its owner)."""
-    atomic_write(path, data)
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
 
 
 def _load_run(run_dir: str | Path):

@@ -23,13 +23,17 @@ CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE, FIGURES, TENSORBOARD 
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside ``path``, then rename over it."""
+    """Write to a temporary file beside ``path``, then rename over it; the file
+    gets the permissions of an ordinary new file (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

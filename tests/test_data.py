@@ -304,11 +304,11 @@ def test_npz_layouts(tmp_path):
     np.savez(tmp_path / "chw.npz", images=chw)
     np.testing.assert_array_equal(readers.read_npz(tmp_path / "chw.npz")[0], chw)
 
-    f = RNG.random((2, 4, 4)).astype(np.float32)  # floats in [0, 1] are scaled to [0, 255]
+    f = RNG.random((2, 4, 4)).astype(np.float32)  # floats in [0, 1] are scaled to [0, 255] and rounded
     np.savez(tmp_path / "float.npz", images=f)
     x, _ = readers.read_npz(tmp_path / "float.npz")
     assert x.dtype == np.uint8
-    np.testing.assert_array_equal(x[:, 0], (f * 255).astype(np.uint8))
+    np.testing.assert_array_equal(x[:, 0], np.round(f * 255.0).astype(np.uint8))
 
 
 def test_npz_errors(tmp_path):

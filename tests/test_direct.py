@@ -129,7 +129,7 @@ def test_bad_input(tmp_path):
     for method in ("sparse-coding", "stacked-autoencoder"):
         with pytest.raises(UnsupError, match="empty or constant"):
             unsup.pretrain(method, data=str(flat), budget="30", out=tmp_path / method, quiet=True, monitor=False)
-    with pytest.raises(UnsupError, match="hidden must list positive"):
+    with pytest.raises(UnsupError, match="option hidden .* must be a whole number in"):
         unsup.pretrain("stacked-autoencoder", data=str(flat), budget="30", out=tmp_path / "h", options={"hidden": [0]})
 
 

@@ -25,6 +25,13 @@ def test_torchrun_two_processes_simclr(fm_small, tmp_path):
     assert config["world_size"] == 2
     weights = load_file(str(out / "encoder.safetensors"))
     assert all(torch.isfinite(v.float()).all() for v in weights.values())
+    # each process seeds with seed + rank, so only the broadcast from rank 0 makes the replicas start equal
+    import json
+
+    replicas = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "replicas"]
+    assert len(replicas) == 1 and replicas[0]["identical"], replicas
+    assert len(set(replicas[0]["start_digests"])) == 1 and len(set(replicas[0]["end_digests"])) == 1
+    assert replicas[0]["start_digests"] != replicas[0]["end_digests"]  # and they trained
 
 
 def _env():

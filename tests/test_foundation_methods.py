@@ -14,8 +14,8 @@ import unsup
 from unsup.data import load
 from unsup.errors import UnsupError
 from unsup.evaluate import probe
+from unsup.losses import nt_xent
 from unsup.methods.clustering.kmeans import KMeans, KMeansConfig
-from unsup.methods.joint.simclr import nt_xent
 
 
 def linear_at(rows, n=10):

@@ -399,3 +399,32 @@ def test_save_curve(tmp_path):
                       "labels", "accuracy", "curve", logx=True)
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_time_to_accuracy_from_metrics_column_and_figure(tmp_path, v5_results):
+    from unsup.curves import time_to_accuracy
+
+    records = [{"step": 0, "seconds": 0.0, "images_seen": 0, "knn_monitor_raw": 0.80},
+               {"step": 0, "seconds": 0.0, "images_seen": 0, "knn_monitor": 0.55},
+               {"step": 10, "seconds": 20.5, "images_seen": 2560, "loss": 1.0},
+               {"step": 20, "seconds": 41.0, "images_seen": 5120, "knn_monitor": 0.79},
+               {"step": 30, "seconds": 62.0, "images_seen": 7680, "knn_monitor": 0.81},
+               {"step": 40, "seconds": 80.0, "images_seen": 10240, "knn_monitor": 0.83}]
+    tta = time_to_accuracy(records)
+    assert tta["raw_pixels"] == 0.80 and tta["seconds_to_raw"] == 62.0 and tta["images_to_raw"] == 7680 and len(tta["trace"]) == 4
+    assert time_to_accuracy(records[:2] + records[3:4])["seconds_to_raw"] is None  # 0.79 < 0.80: not reached
+    assert time_to_accuracy([r for r in records if "knn_monitor" not in r]) is None
+
+    results = [dict(r) for r in v5_results]
+    results[0]["time_to_accuracy"] = tta
+    results[1]["time_to_accuracy"] = time_to_accuracy(records[:2] + records[3:4])
+    out = tmp_path / "out"
+    written = write_report(results, out, meta=META)
+    assert "time-to-accuracy.png" in written and (out / "time-to-accuracy.png").stat().st_size > 1000
+    page = _parse(out / "report.html")
+    assert "time-to-accuracy.png" in page.images
+    cells = {n: [t for t, _ in c] for n, c in page.board.items()}
+    assert next(c for n, c in cells.items() if n.startswith(results[0]["method"]))[-1] == "1 min 2 s"
+    assert next(c for n, c in cells.items() if n.startswith(results[1]["method"]) and not n.startswith("random"))[-1] == "not reached"
+    assert next(c for n, c in cells.items() if n.startswith("raw pixels"))[-1] == "—"
+    assert "time to raw-pixel k-NN" in (out / "leaderboard.md").read_text()

@@ -6,7 +6,7 @@ a supervised model.
 """
 
 from . import data as datasets
-from .api import bench, pretrain, probe_run
+from .api import bench, features, pretrain, probe_run
 from .errors import UnsupError
 from .evaluate import probe
 from .export import export_encoder
@@ -14,5 +14,5 @@ from .registry import all_methods, get_method
 from .run import load_encoder, load_method
 
 __version__ = "0.1.0"
-__all__ = ["UnsupError", "all_methods", "bench", "datasets", "export_encoder", "get_method", "load_encoder", "load_method", "pretrain",
+__all__ = ["UnsupError", "all_methods", "bench", "datasets", "export_encoder", "features", "get_method", "load_encoder", "load_method", "pretrain",
            "probe", "probe_run"]

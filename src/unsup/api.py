@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -20,13 +22,16 @@ import torch
 from . import data as datasets
 from .errors import UnsupError
 from .evaluate import probe, random_encoder_rows, raw_pixel_rows, supervised_rows
+from .lock import RunLock
 from .methods.base import config_from_dict
+from .progress import bar as progress_bar
 from .registry import get_method
 from .run import PROBE, RunDir, atomic_write, load_method
 from .train import distributed as dist
 from .train.budget import parse_budget
-from .train.loop import TrainContext, train_loop
+from .train.loop import TrainContext, parse_interval, train_loop
 from .train.monitor import KnnMonitor
+from .user import as_dataset, describe, user_backbone
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -45,56 +50,112 @@ def _load_train(method_cls, data: str):
     return datasets.load(source, "unlabeled" if datasets.has_unlabeled_split(source) else "train")
 
 
-def pretrain(method: str, data: str = "fashion-mnist", budget: str = "2m", out: str | Path | None = None,
+def _check_out(out: Path) -> None:
+    """``out`` is, or can become, a run directory: refused before any data is loaded."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UnsupError(f"--out {out}: {p} is a file, not a directory; choose another --out")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UnsupError(f"--out {out}: {p} is not writable; choose another --out")
+            return
+
+
+def pretrain(method: str, data="fashion-mnist", budget: str = "2m", out: str | Path | None = None,
              device: str = "auto", seed: int = 0, options: dict | None = None, resume: bool = False,
              overwrite: bool = False, quiet: bool = False, compile: bool = False, monitor: bool = True,
-             figures: bool = True, tensorboard: bool = True) -> Path:
+             figures: bool = True, tensorboard: bool = True, backbone: torch.nn.Module | None = None,
+             checkpoint_every: str | float = "60s") -> Path:
     """Pretrain ``method`` without labels; returns the run directory (TensorBoard
     event files in ``RUN/tensorboard/`` when the package is installed and
-    ``tensorboard`` is on)."""
+    ``tensorboard`` is on).
+
+    ``data``: a dataset name or path, or the user's own images as a tensor or
+    array ``(N, C, H, W)`` (uint8, or floats in [0, 1]), an ``(images, labels)``
+    pair, or a map-style ``torch.utils.data.Dataset`` (labels, when given, feed
+    only the k-NN monitor). ``backbone``: the user's own ``nn.Module`` with an
+    integer ``out_dim``, used as the encoder network of methods whose encoder
+    is a backbone; load the result with ``load_encoder(run, backbone=...)``.
+
+    ``checkpoint_every``: the checkpoint interval, seconds (``"60s"``, a number)
+    or images (``"5000img"``, ``"20k"``). ``resume`` continues from the last
+    checkpoint exactly (bit-identical on one process); without one it says so
+    and starts from the beginning. The run directory is locked (``RUN/.lock``)
+    while this runs: a second writer is refused in one line."""
     cls = get_method(method)
     cfg = config_from_dict(cls.Config, options)
     budget_ = parse_budget(budget)
+    parse_interval(checkpoint_every)  # refused before any data is loaded
+    if out is not None:
+        _check_out(Path(out))
     dev = resolve_device(device)
     dist.init_from_env(dev)
-    train = _load_train(cls, data)
+    train = _load_train(cls, data) if isinstance(data, (str, Path)) else as_dataset(data)
     torch.manual_seed(seed + dist.rank())
-    m = cls(cfg, train.shape)
-    run = RunDir(out or Path("runs") / f"{method}-{Path(str(data)).name}-seed{seed}")
-    config = {"method": method, "data": str(data), "budget": str(budget_), "seed": seed, "device": str(dev),
-              "shape": list(train.shape), "world_size": dist.world_size(), "options": asdict(cfg)}
-    if dist.is_main():
-        run.prepare(config, resume=resume, overwrite=overwrite)
-    dist.barrier()
-    mon_data = train.monitor_data() if hasattr(train, "monitor_data") else train  # video: labelled stills
-    mon = KnnMonitor(mon_data, seed=seed) if (monitor and mon_data is not None and mon_data.labels is not None) else None
-    ctx = TrainContext(device=dev, run=run, quiet=quiet, resume=resume, compile=compile, seed=seed, monitor=mon, tensorboard=tensorboard,
-                       desc=f"{method}")
-    shard = train
-    if not cls.uses_gradients and dist.world_size() > 1:  # non-gradient fits see their shard only
-        shard = train.subset(torch.arange(dist.rank(), len(train), dist.world_size()))
-    t0 = time.perf_counter()
-    on_device = shard.to(dev)
-    if cls.uses_gradients:
-        summary = train_loop(m, on_device, budget_, ctx)
-    else:
-        m.to(dev)
-        m.fit(on_device, budget_, ctx)
-        summary = {}
-    seconds = time.perf_counter() - t0
-    if dist.is_main():
-        run.save_encoder(m)
-        run.log({"event": "done", "pretrain_seconds": round(seconds, 2), **{k: v for k, v in summary.items() if k != "loss"}})
-        if figures:
-            try:
-                fig_data = datasets.load(data, "test")
-            except UnsupError:
-                fig_data = train
-            m.eval()
-            run.figures_dir.mkdir(exist_ok=True)
-            m.figures(fig_data.to(dev), run.figures_dir)
-    dist.barrier()
+    with user_backbone(backbone):
+        m = cls(cfg, train.shape)
+    dist.broadcast_module(m)  # under torchrun every replica starts from rank 0's weights
+    start_digests = dist.replica_digests(m) if dist.world_size() > 1 else None
+    if backbone is not None and not isinstance(getattr(m.encoder, "net", None), type(backbone)):
+        raise UnsupError(f"{method} builds its own encoder (not a backbone), so backbone= does not apply; "
+                         "use a method whose encoder is a backbone, e.g. simclr or rotation")
+    m.check_training_set(train)  # a set too small (or unlabelled where labels are used) fails here, before the run directory
+    data_name = str(data) if isinstance(data, (str, Path)) else describe(train)
+    run = RunDir(out or Path("runs") / f"{method}-{Path(str(data)).name if isinstance(data, (str, Path)) else train.name}-seed{seed}")
+    config = {"method": method, "data": data_name, "budget": str(budget_), "seed": seed, "device": str(dev),
+              "shape": list(train.shape), "world_size": dist.world_size(), "options": asdict(cfg),
+              **({"backbone": f"user: {type(backbone).__name__}"} if backbone is not None else {})}
+    # one writer per run directory: a second pretrain, resume, overwrite or probe on it is refused
+    with RunLock(run.path, f"unsup pretrain {method}") if dist.is_main() else contextlib.nullcontext():
+        if dist.is_main():
+            run.prepare(config, resume=resume, overwrite=overwrite)
+        dist.barrier()
+        mon_data = train.monitor_data() if hasattr(train, "monitor_data") else train  # video: labelled stills
+        mon = KnnMonitor(mon_data, seed=seed) if (monitor and mon_data is not None and mon_data.labels is not None) else None
+        ctx = TrainContext(device=dev, run=run, quiet=quiet, resume=resume, compile=compile, seed=seed, monitor=mon, tensorboard=tensorboard,
+                           desc=f"{method}", checkpoint_every=checkpoint_every)
+        if resume:
+            ctx.resume_state()  # says so when there is no checkpoint; cuts metrics.jsonl back to it
+        shard = train
+        if not cls.uses_gradients and dist.world_size() > 1:  # non-gradient fits see their shard only
+            shard = train.subset(torch.arange(dist.rank(), len(train), dist.world_size()))
+        t0 = time.perf_counter()
+        on_device = shard.to(dev)
+        if cls.uses_gradients:
+            summary = train_loop(m, on_device, budget_, ctx)
+        else:
+            m.to(dev)
+            m.fit(on_device, budget_, ctx)
+            summary = {}
+        seconds = time.perf_counter() - t0
+        if start_digests is not None:  # the replicas' weights at start and end, one digest per process
+            ends = dist.replica_digests(m)
+            if dist.is_main():
+                run.log({"event": "replicas", "start_digests": start_digests, "end_digests": ends,
+                         "identical": len(set(start_digests)) == 1 and len(set(ends)) == 1})
+        if dist.is_main():
+            run.save_encoder(m)
+            run.log({"event": "done", "pretrain_seconds": round(seconds, 2), **{k: v for k, v in summary.items() if k != "loss"}})
+            if figures:
+                try:
+                    fig_data = datasets.load(data, "test") if isinstance(data, (str, Path)) else train
+                except UnsupError:
+                    fig_data = train
+                m.eval()
+                run.figures_dir.mkdir(exist_ok=True)
+                with progress_bar(None if quiet else f"{method}: figures", 1, "run") as b:  # a t-SNE takes seconds
+                    m.figures(fig_data.to(dev), run.figures_dir)
+                    b.update(1)
+        dist.barrier()
     return run.path
+
+
+def features(encoder: torch.nn.Module, images, device: str = "auto", batch_size: int | None = None):
+    """Frozen features of the user's images as a numpy array ``(N, D)``, for
+    scikit-learn or any other classifier; ``images`` as ``pretrain`` takes them."""
+    from .evaluate.features import extract_features
+
+    return extract_features(encoder.eval(), as_dataset(images).images, resolve_device(device), batch_size).numpy()
 
 
 def validation_split(train, share: float = 1 / 6, seed: int = 0):
@@ -107,16 +168,42 @@ def validation_split(train, share: float = 1 / 6, seed: int = 0):
 
 def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto",
               references: bool = True, supervised: bool = True, quiet: bool = True, split: str = "test",
-              family_metrics: bool = True) -> dict:
+              family_metrics: bool = True, train=None, test=None, backbone: torch.nn.Module | None = None) -> dict:
     """The protocol on a run's encoder, with references and 95% intervals to
-    them, and the method's family metrics; writes ``probe.json``."""
+    them, and the method's family metrics; writes ``probe.json``.
+
+    ``train`` and ``test``: labelled sets of the user's own, each an
+    ``(images, labels)`` pair, a ``torch.utils.data.Dataset`` of pairs or a
+    dataset name (default: the probe sets of the run's data). ``backbone``:
+    the module the run was pretrained with (``pretrain(..., backbone=)``); its
+    random reference redraws that module's parameters, and the supervised
+    reference, which needs a named backbone, is left out."""
+    with user_backbone(backbone):
+        return _probe_run(run_dir, budgets, seeds, device, references, supervised and backbone is None, quiet, split,
+                          family_metrics, train, test, backbone)
+
+
+def _labelled(data, role: str):
+    ds = datasets.load(str(data), role) if isinstance(data, (str, Path)) else as_dataset(data, name=role)
+    if ds.labels is None:
+        raise UnsupError(f"the {role} set has no labels; give (images, labels) or a Dataset of (image, label) pairs")
+    return ds
+
+
+def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, split, family_metrics, train, test, backbone) -> dict:
     from .evaluate.protocol import PROTOCOL_VERSION, add_intervals
 
     run = RunDir(run_dir)
     config = run.read_config()
     dev = resolve_device(device)
-    method = load_method(run_dir).to(dev)
-    train, test = method.probe_datasets(config["data"])
+    method = load_method(run_dir, backbone=backbone).to(dev)
+    in_memory = str(config["data"]).startswith("<in-memory")
+    if (train is None or test is None) and in_memory:
+        raise UnsupError(f"{run_dir} was pretrained on in-memory images; pass train= and test= (labelled sets) to probe it")
+    if train is None or test is None:
+        train, test = method.probe_datasets(config["data"])
+    else:
+        train, test = _labelled(train, "train"), _labelled(test, "test")
     if split == "validation":
         train, test = validation_split(train)
     # status on stderr: stdout may carry the JSON result (`unsup probe --json`)
@@ -151,17 +238,24 @@ def probe_run(run_dir: str | Path, budgets=(1, 10, 100, "all"), seeds: int = 3, 
         if supervised:
             backbone = getattr(method.cfg, "backbone", "small-convnet")
             say(f"supervised reference ({backbone}; cached after its first run)")
-            sup = supervised_rows(train, test, budgets, seeds, backbone, dev, quiet)
+            sup = supervised_rows(train, test, budgets, seeds, backbone, dev, quiet,
+                                  backbone_options=getattr(method.cfg, "backbone_options", None))
             result["references"]["supervised"] = sup
             if any(r.get("source") == "shipped" for r in sup):
                 result["references"]["supervised_note"] = (
                     "shipped with the package (made by `python benchmarks/references.py`, with `--method NAME` for a "
                     "method's own probe sets); delete src/unsup/evaluate/shipped/ to recompute it on this machine")
         add_intervals(result, len(test))
-    metrics = method.family_metrics(config["data"], dev) if family_metrics else {}
+    from .curves import time_to_accuracy
+
+    tta = time_to_accuracy(run.metrics())
+    if tta is not None:
+        result["time_to_accuracy"] = tta
+    metrics = method.family_metrics(config["data"], dev) if family_metrics and not in_memory else {}
     if metrics:
         result["metrics"] = metrics
-    atomic_write(run.file(PROBE), json.dumps(result, indent=2))
+    with RunLock(run.path, "unsup probe"):  # not while a pretrain rewrites this run
+        atomic_write(run.file(PROBE), json.dumps(result, indent=2))
     return result
 
 
@@ -194,6 +288,18 @@ def _merge_seeds(results: list[dict]) -> dict:
     return merged
 
 
+def _earlier_result(path: Path) -> dict | None:
+    """A bench entry's kept result, or None (with one warning) when the file is damaged: the entry is redone."""
+    try:
+        old = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):
+        old = None
+    if not isinstance(old, dict):
+        print(f"warning: {path}: not a result file, the entry is redone", file=sys.stderr)
+        return None
+    return old
+
+
 def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "60s", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
           command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False) -> list[dict]:
@@ -217,16 +323,13 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     out = Path(out)
     t_start = time.perf_counter()
     if not quiet:
-        total = sum(parse_budget(e.budget).value * len(e.seeds) for e in plan.entries if parse_budget(e.budget).kind == "seconds")
-        print(f"bench: {len(plan.entries)} entries ({', '.join(e.name for e in plan.entries)}) on {machine()}; "
-              f"pretraining budgets {', '.join(sorted({e.budget for e in plan.entries}))} each"
-              + (f" (timed budgets {total / 60:.0f} min in all, probing and references on top)" if total else ""), flush=True)
+        print(_plan_summary(plan, out, resolve_device(device)), flush=True)
     results = []
     for k, entry in enumerate(plan.entries, 1):
         path = out / "results" / f"{entry.name}.json"
         spec = {**entry.spec(), "labels": [str(b) for b in plan.labels], "label_seeds": plan.label_seeds,
                 "split": plan.split, "family_metrics": plan.family_metrics, "protocol": PROTOCOL_VERSION}
-        old = json.loads(path.read_text()) if path.is_file() and not fresh else None
+        old = _earlier_result(path) if path.is_file() and not fresh else None
         if old is not None and old.get("spec") == spec:
             if not quiet:
                 print(f"== [{k}/{len(plan.entries)}] {entry.name}: reusing {path}", flush=True)
@@ -268,6 +371,31 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
             print(f"== writing the report to {out}", flush=True)
         write_report(results, out, command, meta)  # after each entry, so a long bench shows its progress
     return results
+
+
+# rough probing time of one entry (features, probes, references when not cached), from the default bench's
+# timings (benchmarks/results/bench-default.md); an entry's own earlier result in OUT/results replaces it
+PROBE_SECONDS_GUESS = {"cpu": 240.0, "cuda": 30.0}
+
+
+def _plan_summary(plan, out: Path, device: torch.device) -> str:
+    """The bench's plan before it starts: entries, budgets and an estimated wall-clock."""
+    lines = [f"bench: {len(plan.entries)} entries on {machine()}"]
+    total = 0.0
+    for e in plan.entries:
+        b = parse_budget(e.budget)
+        old = out / "results" / f"{e.name}.json"
+        try:
+            probe_s = float(json.loads(old.read_text())["probe_seconds"]) / len(e.seeds)
+        except (OSError, ValueError, KeyError, TypeError):
+            probe_s = PROBE_SECONDS_GUESS.get(device.type, PROBE_SECONDS_GUESS["cpu"])
+        train_s = b.value if b.kind == "seconds" else None
+        total += ((train_s or 0.0) + probe_s) * len(e.seeds)
+        lines.append(f"  {e.name:<24} budget {e.budget:<6} x {len(e.seeds)} seed(s): about "
+                     + (f"{(train_s + probe_s) * len(e.seeds) / 60:.0f} min" if train_s else f"{probe_s / 60:.0f} min + pretraining"))
+    lines.append(f"  estimated wall-clock: about {total / 60:.0f} min" + ("" if all(parse_budget(e.budget).kind == "seconds" for e in plan.entries)
+                                                                         else " plus the image-budget pretraining"))
+    return "\n".join(lines)
 
 
 # one method of each family; rotation stands for the pretext tasks, future-features for video

@@ -1,4 +1,4 @@
-"""The command line: ``unsup methods | data get | pretrain | probe | bench | show | export``.
+"""The command line: ``unsup methods | data get | data prepare | pretrain | probe | bench | show | export``.
 
 User-fixable problems (``UnsupError``) print one line and exit with status 2.
 """
@@ -16,14 +16,48 @@ from .errors import UnsupError
 
 
 def _options(pairs: list[str] | None) -> dict:
-    """``--option key=value`` (values parsed as YAML: numbers, lists, booleans)."""
+    """``--option key=value`` (values parsed as YAML: numbers, lists, booleans, mappings)."""
     out = {}
     for pair in pairs or []:
-        if "=" not in pair:
+        key, _, value = pair.partition("=")
+        if not key.strip() or "=" not in pair:
             raise UnsupError(f"bad --option {pair!r}; write key=value, e.g. --option temperature=0.2")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UnsupError(f"bad --option {pair!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                             "e.g. -o lr=0.001, -o crop_scale=[0.2,1.0], -o augment={flip: 0.5}") from None
     return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals on one line (usage stays in ``--help``)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _whole(low: int, high: int | None = None):
+    """An argparse type: a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {low}.." + (str(high) if high is not None else ""))
+        return value
+    return parse
+
+
+def _memory(text: str) -> int:
+    from .data.readers import parse_memory
+
+    try:
+        return parse_memory(text)
+    except UnsupError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_methods(args) -> None:
@@ -40,6 +74,16 @@ def cmd_data(args) -> None:
     from .data.datasets import LOADERS
     from .data.fetch import get_fashion_mnist
 
+    if args.action == "prepare":
+        from .data import shards
+
+        if not args.out:
+            raise UnsupError("unsup data prepare needs --out DIR (where the shards go)")
+        index = shards.prepare(args.name, args.out, size=args.size, quiet=args.quiet)
+        print(shards.summary(index, args.out))
+        return
+    if args.size is not None or args.out is not None:
+        raise UnsupError("--size and --out belong to `unsup data prepare SOURCE --size S --out DIR`, not `data get`")
     if args.name != "fashion-mnist":
         if args.name in LOADERS:
             print(f"{args.name}: ships with the installed packages, nothing to fetch")
@@ -53,7 +97,8 @@ def cmd_pretrain(args) -> None:
 
     run = pretrain(args.method, data=args.data, budget=args.budget, out=args.out, device=args.device, seed=args.seed,
                    options=_options(args.option), resume=args.resume, overwrite=args.overwrite, quiet=args.quiet,
-                   compile=args.compile, tensorboard=not args.no_tensorboard)
+                   compile=args.compile, tensorboard=not args.no_tensorboard,
+                   checkpoint_every=args.checkpoint_every)
     from .train import distributed as dist
 
     if dist.is_main():
@@ -81,8 +126,8 @@ def cmd_bench(args) -> None:
         methods = [m.name for m in all_methods()]
     else:
         methods = [m.strip() for m in (args.methods or ",".join(DEFAULT_BENCH)).split(",") if m.strip()]
-    if args.seeds < 1:
-        raise UnsupError(f"--seeds must be at least 1, got {args.seeds}")
+        if not methods:  # an empty list would fall back to the default bench
+            raise UnsupError(f"--methods {args.methods!r} names no method; give comma-separated names, e.g. simclr,kmeans, or all")
     from .api import resolve_device
 
     budget = args.budget or ("30s" if resolve_device(args.device).type == "cuda" else "60s")
@@ -102,18 +147,26 @@ def cmd_show(args) -> None:
     config = run.read_config()
     print(yaml.safe_dump(config, sort_keys=False).rstrip())
     metrics = run.metrics()
-    monitor = [m for m in metrics if "knn_monitor" in m]
+    monitor = [m for m in metrics if isinstance(m.get("knn_monitor"), int | float)]
     if monitor:
         print("k-NN monitor: " + ", ".join(f"{m.get('images_seen', '?')}: {m['knn_monitor']:.3f}" for m in monitor))
     if metrics:
         print(summary(metrics))
+        if run.figures_dir.exists() and not run.figures_dir.is_dir():
+            raise UnsupError(f"{run.figures_dir}: a file where the run's figures folder belongs; move it away and run `unsup show` again")
         curves = plot_curves(metrics, run.figures_dir / "curves.png")
         if curves is not None:
             print(f"curves: {curves}")
-    if run.file("probe.json").exists():
+    probe_file = run.file("probe.json")
+    if probe_file.exists():
         from .report import format_rows
 
-        print(format_rows(json.loads(run.file("probe.json").read_text())))
+        try:
+            table = format_rows(json.loads(probe_file.read_text()))
+        except (ValueError, UnsupError, KeyError, TypeError, AttributeError) as e:  # a damaged file, not a bug here
+            raise UnsupError(f"{probe_file}: not a probe result ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             f"rewrite it with `unsup probe {run.path}`") from None
+        print(table)
 
 
 def cmd_export(args) -> None:
@@ -124,20 +177,26 @@ def cmd_export(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="unsup", description="Unsupervised visual representation learning, measured with few labels.")
+    p = _Parser(prog="unsup", description="Unsupervised visual representation learning, measured with few labels.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, device=True):
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+        sp.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE",
+                        help="refuse a dataset whose arrays would take more (4G, 512M; default half the RAM)")
         if device:
             sp.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
     sp = sub.add_parser("methods", help="list the methods: name, family, paper")
     sp.set_defaults(fn=cmd_methods)
 
-    sp = sub.add_parser("data", help="fetch a dataset")
-    sp.add_argument("action", choices=["get"])
-    sp.add_argument("name")
+    sp = sub.add_parser("data", help="fetch a dataset (get NAME), or write one into shards that stream from disk "
+                        "(prepare SOURCE --size S --out DIR)")
+    sp.add_argument("action", choices=["get", "prepare"])
+    sp.add_argument("name", help="get: a dataset name; prepare: a name or path (.npz, CIFAR, STL-10, image folder)")
+    sp.add_argument("--size", type=_whole(1, 4096), default=None, help="prepare: resize every image to SIZE x SIZE "
+                    "(needed when an image folder's images differ in size)")
+    sp.add_argument("--out", default=None, help="prepare: the directory of shards (rerun to resume a stopped prepare)")
     common(sp, device=False)
     sp.set_defaults(fn=cmd_data)
 
@@ -146,10 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="fashion-mnist", help="a dataset name or a path (.npz, CIFAR, STL-10, image folder)")
     sp.add_argument("--budget", default="2m", help="images seen (50000, 100k) or time (90s, 2m)")
     sp.add_argument("--out", default=None, help="run directory (default runs/METHOD-DATA-seedS)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=_whole(0, 2**31 - 1), default=0)
     sp.add_argument("--option", "-o", action="append", metavar="KEY=VALUE", help="a method option, e.g. temperature=0.2")
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     sp.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    sp.add_argument("--checkpoint-every", default="60s", metavar="INTERVAL",
+                    help="checkpoint interval: time (60s, 2m) or images (5000img, 20k); default 60s. A checkpoint is also "
+                    "written at the end and on SIGTERM/SIGINT; --resume continues from it exactly")
     sp.add_argument("--compile", action="store_true", help="torch.compile the method's networks (off by default: not faster on small models)")
     sp.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in OUT/tensorboard/ "
                     "(written by default when the tensorboard package is installed)")
@@ -159,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("probe", help="measure a run's encoder with few labels")
     sp.add_argument("run")
     sp.add_argument("--labels", default="1,10,100,all", help="labels per class, e.g. 1,10,100,all")
-    sp.add_argument("--seeds", type=int, default=3)
+    sp.add_argument("--seeds", type=_whole(1, 1000), default=3, help="label draws per budget")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument("--no-references", action="store_true", help="skip raw pixels, random encoder and supervised")
     sp.add_argument("--no-supervised", action="store_true", help="skip the supervised reference")
@@ -176,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fresh", action="store_true", help="redo every entry (by default results already in --out for an unchanged entry are reused)")
     sp.add_argument("--out", default="bench-out")
     sp.add_argument("--labels", default="1,10,100,all")
-    sp.add_argument("--seeds", type=int, default=3)
+    sp.add_argument("--seeds", type=_whole(1, 1000), default=3, help="label draws per budget")
     common(sp)
     sp.set_defaults(fn=cmd_bench)
 
@@ -196,13 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .data.readers import set_memory_limit
+
+    set_memory_limit(getattr(args, "max_memory", None))  # this command's limit (None: the default), not an earlier call's
     try:
         args.fn(args)
     except UnsupError as e:
         print(f"unsup: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("unsup: interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training loop's own message says where its checkpoint is
+        print(f"unsup: {e}" if str(e) else "unsup: interrupted; the last checkpoint is kept (continue with --resume)",
+              file=sys.stderr)
         return 130
     return 0
 

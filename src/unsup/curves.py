@@ -52,3 +52,16 @@ def plot_curves(records: list[dict], out: str | Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def time_to_accuracy(records: list[dict]) -> dict | None:
+    """The k-NN monitor's trace (training seconds, images seen, accuracy) and
+    when it first reached raw pixels' k-NN accuracy on the same images
+    (``seconds_to_raw``, None: not reached); None for a run without a monitor."""
+    trace = [[r["seconds"], r.get("images_seen"), r["knn_monitor"]] for r in _rows(records, "knn_monitor") if "seconds" in r]
+    if not trace:
+        return None
+    raw = next((r["knn_monitor_raw"] for r in _rows(records, "knn_monitor_raw")), None)
+    reached = next((t for t in trace if raw is not None and t[2] >= raw), None)
+    return {"trace": trace, "raw_pixels": raw, "seconds_to_raw": reached[0] if reached else None,
+            "images_to_raw": reached[1] if reached else None}

@@ -12,7 +12,11 @@ Formats (``export_encoder(run_dir, fmt, out)``, ``unsup export RUN --format F --
   Normalisation is *not* inside: apply ``(x - mean) / std`` per channel yourself.
 - ``timm``: the same weights for ``timm.create_model("resnet18", num_classes=0)``
   with the same stem change (the two libraries name ResNet-18's tensors alike);
-  needs timm installed (an optional package, not a dependency of unsup).
+  for a vit-tiny run, the ViT's own state dict for
+  ``timm.create_model("vit_tiny_patch16_224", img_size=..., patch_size=...,
+  in_chans=..., num_classes=0, global_pool=..., class_token=..., embed_dim=...,
+  depth=..., num_heads=...)`` with the run's values (the JSON gives the line);
+  ``model(x)`` is then the pooled feature. Normalisation is not inside, as above.
 
 Every export writes ``<out>.json`` beside the file: input channels and size, the
 normalisation, the feature dimension, and for torchvision/timm the Python lines
@@ -45,7 +49,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import UnsupError
-from .run import CONFIG, atomic_write, load_method
+from .run import atomic_write, load_method
 
 FORMATS = ("torchvision", "timm", "torchscript", "onnx")
 WEIGHT_FORMATS = ("torchvision", "timm")  # a state dict for another library's model
@@ -95,21 +99,10 @@ def _check_targets(out: Path, overwrite: bool) -> None:
 
 def _load_run(run_dir: str | Path):
     """The run's method with its trained encoder, or one line saying what is wrong with the directory."""
-    import yaml
-
     path = Path(run_dir)
     if not path.is_dir():
         raise UnsupError(f"{path}: no such run directory; give the --out of an `unsup pretrain` run")
-    cfg_path = path / CONFIG
-    if not cfg_path.is_file():
-        raise UnsupError(f"{path}: not a run directory (no {CONFIG}); create one with `unsup pretrain`")
-    try:
-        config = yaml.safe_load(cfg_path.read_text())
-    except yaml.YAMLError:
-        config = None
-    if not isinstance(config, dict) or not {"method", "shape"} <= config.keys():
-        raise UnsupError(f"{cfg_path}: not a run's config (needs method and shape); run `unsup pretrain` again with --overwrite")
-    return load_method(path)  # raises UnsupError on missing or corrupt weights
+    return load_method(path)  # one line on a missing or damaged config.yaml, missing or corrupt weights
 
 
 # --- torchscript and onnx ---------------------------------------------------
@@ -216,8 +209,12 @@ def _onnx_bytes(encoder: nn.Module, traced: torch.jit.ScriptModule, shape: tuple
 
 
 # --- torchvision and timm ---------------------------------------------------
-def build_lines(fmt: str, in_channels: int) -> list[str]:
-    """Python lines that build the model a ``fmt`` export loads into (as ``model``)."""
+def build_lines(fmt: str, in_channels: int, vit_arguments: dict | None = None) -> list[str]:
+    """Python lines that build the model a ``fmt`` export loads into (as ``model``):
+    the small-stem ResNet-18, or with ``vit_arguments`` (``ViT.timm_arguments()``) timm's ViT."""
+    if vit_arguments is not None:
+        args = ", ".join(f"{k}={v!r}" for k, v in vit_arguments.items())
+        return ["import timm", f'model = timm.create_model("vit_tiny_patch16_224", {args})']
     stem = [f"model.conv1 = torch.nn.Conv2d({in_channels}, 64, kernel_size=3, stride=1, padding=1, bias=False)",
             "model.maxpool = torch.nn.Identity()"]
     if fmt == "torchvision":
@@ -226,49 +223,59 @@ def build_lines(fmt: str, in_channels: int) -> list[str]:
     return ["import timm, torch", 'model = timm.create_model("resnet18", num_classes=0)', *stem]
 
 
-def build_model(fmt: str, in_channels: int) -> nn.Module:
+def build_model(lines: list[str]) -> nn.Module:
     """The model ``build_lines`` describes, built by running those lines."""
     scope: dict = {}
-    exec("\n".join(build_lines(fmt, in_channels)), scope)  # the documented lines themselves, so they stay true
+    exec("\n".join(lines), scope)  # the documented lines themselves, so they stay true
     return scope["model"]
 
 
-def _resnet_net(method) -> nn.Module:
-    """The torchvision ResNet-18 inside a resnet18 run's encoder, or one line naming the formats that work."""
+def _library_net(method, fmt: str) -> tuple[nn.Module, dict | None]:
+    """The other library's network inside the run's encoder (a small-stem
+    ResNet-18 for torchvision or timm, a ViT for timm) and the ViT's timm
+    arguments (None for the ResNet), or one line naming the formats that work."""
     import torchvision
 
     from .nets import Encoder
 
     enc = method.encoder
     backbone = getattr(method.cfg, "backbone", None)
-    if isinstance(enc, Encoder) and backbone == "resnet18" and isinstance(enc.net, torchvision.models.ResNet):
-        return enc.net
-    what = f"the {backbone} backbone" if isinstance(enc, Encoder) and backbone else f"{method.name}'s encoder ({type(enc).__name__})"
-    raise UnsupError(f"{what} is not a torchvision/timm model (those formats take resnet18 runs); "
+    net = enc.net if isinstance(enc, Encoder) else None
+    if backbone == "resnet18" and isinstance(net, torchvision.models.ResNet):
+        return net, None
+    if backbone == "vit-tiny" and hasattr(net, "timm_arguments"):
+        if fmt == "timm":
+            return net, net.timm_arguments()
+        raise UnsupError("the vit-tiny backbone is timm's VisionTransformer; export it with --format timm, "
+                         "--format torchscript or --format onnx")
+    what = f"the {backbone} backbone" if net is not None and backbone else f"{method.name}'s encoder ({type(enc).__name__})"
+    raise UnsupError(f"{what} is not a torchvision/timm model (those formats take resnet18 runs, and timm vit-tiny runs); "
                      "export it with --format torchscript or --format onnx")
 
 
 def _weights(method, fmt: str, meta: dict, file_name: str) -> bytes:
     from safetensors.torch import save
 
-    net = _resnet_net(method)
+    net, vit_arguments = _library_net(method, fmt)
     c = meta["input"]["channels"]
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    _check_weights(method.encoder, fmt, c, state, meta)
+    lines = build_lines(fmt, c, vit_arguments)
+    _check_weights(method.encoder, fmt, lines, state, meta)
     enc = method.encoder
     meta["normalisation"] = {"mean": enc.mean.flatten().tolist(), "std": enc.std.flatten().tolist(),
                              "apply": "x = (x - mean) / std per channel, x float in [0, 1]; then features = model(x)"}
-    meta["build"] = build_lines(fmt, c)
+    meta["build"] = lines
     meta["load"] = ["from safetensors.torch import load_file", f'model.load_state_dict(load_file("{file_name}"), strict=True)',
                     "model.eval()"]
     return save(state)
 
 
-def _check_weights(encoder: nn.Module, fmt: str, c: int, state: dict, meta: dict) -> None:
+def _check_weights(encoder: nn.Module, fmt: str, lines: list[str], state: dict, meta: dict) -> None:
+    c = meta["input"]["channels"]
     try:
-        model = build_model(fmt, c).eval()
+        model = build_model(lines).eval()
     except ImportError:
-        # timm is optional: the export is checked against the model it loads into
+        # an installation without the library: the export is checked against the model it loads into
         raise UnsupError(f"the {fmt} format needs the {fmt} package to check the export against: pip install {fmt}") from None
     try:
         model.load_state_dict(state, strict=True)

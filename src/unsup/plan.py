@@ -105,8 +105,8 @@ def parse_plan(raw: dict, where: str = "plan", data: str = "fashion-mnist", budg
             raise UnsupError(f"{at}: the name {name!r} is {'used twice' if name in names else 'not a plain file name'}")
         names.add(name)
         seeds = e.get("seeds", [0])
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-            raise UnsupError(f"{at}: seeds must be a list of whole numbers, e.g. [0, 1, 2]")
+        if not isinstance(seeds, list) or not seeds or not all(type(s) is int and 0 <= s < 2**31 for s in seeds):
+            raise UnsupError(f"{at}: seeds must be a list of whole numbers from 0 to 2^31-1, e.g. [0, 1, 2]")
         options = e.get("options") or {}
         floors = e.get("floors") or {}
         if not isinstance(options, dict) or not isinstance(floors, dict):

@@ -23,14 +23,18 @@ CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE, FIGURES, TENSORBOARD 
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside ``path``, then rename over it; the file
-    gets the permissions of an ordinary new file (mkstemp's are owner-only)."""
+    """Write to a temporary file beside ``path``, flush it to disk (fsync), then
+    rename over it: a crash or ``kill -9`` at any moment leaves the old file or
+    the new one, never a torn one. The file gets the permissions of an ordinary
+    new file (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -38,11 +42,34 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # the rename itself survives a power cut once the directory is flushed
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+# options a resumed run may change: the learning rates (the fix for a run that diverged)
+RESUMABLE_OPTIONS = ("lr", "g_lr")
 
 
 def _comparable(config: dict) -> dict:
     """The fields that make two runs the same run (YAML turns tuples into lists)."""
     return json.loads(json.dumps({k: config.get(k) for k in ("method", "data", "options", "seed")}))
+
+
+def _same_run(old: dict, new: dict) -> bool:
+    """Whether ``new`` may resume ``old``: equal but for ``RESUMABLE_OPTIONS``."""
+    a, b = _comparable(old), _comparable(new)
+    for c in (a, b):
+        if isinstance(c.get("options"), dict):
+            c["options"] = {k: v for k, v in c["options"].items() if k not in RESUMABLE_OPTIONS}
+    return a == b
 
 
 def _differences(old: dict, new: dict) -> str:
@@ -51,6 +78,15 @@ def _differences(old: dict, new: dict) -> str:
     opts_a, opts_b = a.get("options") or {}, b.get("options") or {}
     diffs += [f"option {k}: {opts_a.get(k)!r} -> {opts_b.get(k)!r}" for k in sorted(set(opts_a) | set(opts_b)) if opts_a.get(k) != opts_b.get(k)]
     return "; ".join(diffs)
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """``state`` serialised as ``checkpoint.pt`` holds it: a copy that later training does not change."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
 
 
 class RunDir:
@@ -68,10 +104,33 @@ class RunDir:
         p = self.file(CONFIG)
         if not p.is_file():
             raise UnsupError(f"{self.path}: not a run directory (no {CONFIG}); create one with `unsup pretrain`")
+        fix = "restore the file, or redo the run with `unsup pretrain ... --overwrite`"
         try:
-            return yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise UnsupError(f"{p}: not valid YAML ({e})") from None
+            config = yaml.safe_load(p.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise UnsupError(f"{p}: not valid YAML ({str(e).splitlines()[0]}); {fix}") from None
+        except OSError as e:
+            raise UnsupError(f"{p}: cannot read ({e.strerror}); {fix}") from None
+        if not isinstance(config, dict):
+            raise UnsupError(f"{p}: a run config is a mapping (method:, data:, shape:, options:), not {type(config).__name__}; {fix}")
+        shape = config.get("shape")
+        problem = next((m for bad, m in (
+            (not isinstance(config.get("method"), str), "'method' must name a method"),
+            (not isinstance(config.get("data"), str), "'data' must name the dataset"),
+            (not (isinstance(shape, list) and len(shape) == 3 and all(type(v) is int and 0 < v <= 65536 for v in shape)),
+             "'shape' must be [C, H, W], three positive whole numbers"),
+            (not isinstance(config.get("options") or {}, dict), "'options' must be a mapping"),
+            (type(config.get("seed", 0)) is not int, "'seed' must be a whole number")) if bad), None)
+        if problem:
+            raise UnsupError(f"{p}: {problem}; {fix}")
+        from .methods.base import config_from_dict
+        from .registry import get_method
+
+        try:  # the method and its options, so that a damaged file is named here, not met later as a bad option
+            config_from_dict(get_method(config["method"]).Config, config.get("options") or {})
+        except UnsupError as e:
+            raise UnsupError(f"{p}: {e}; {fix}") from None
+        return config
 
     def prepare(self, config: dict, resume: bool = False, overwrite: bool = False) -> None:
         """Claim the directory for this run, refusing to clobber another one."""
@@ -81,48 +140,66 @@ class RunDir:
             if not resume:
                 raise UnsupError(f"{self.path} already holds a run ({old.get('method')} on {old.get('data')}); "
                                  "pass --resume to continue it, --overwrite to replace it, or choose another --out")
-            if _comparable(old) != _comparable(config):
+            if not _same_run(old, config):
                 raise UnsupError(f"{self.path} holds a different run ({_differences(old, config)}); --resume needs the same "
-                                 "method, data, options and seed, or pass --overwrite")
+                                 f"method, data, options (all but {', '.join(RESUMABLE_OPTIONS)}) and seed, or pass --overwrite")
         if overwrite and self.path.exists():
             for name in (CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE):
                 self.file(name).unlink(missing_ok=True)
             shutil.rmtree(self.figures_dir, ignore_errors=True)
             shutil.rmtree(self.file(TENSORBOARD), ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
+        for name in (CONFIG, METRICS, ENCODER, ENCODER_JSON, CHECKPOINT, PROBE):  # temp files of a killed atomic_write
+            for tmp in self.path.glob(f".{name}.*"):
+                tmp.unlink(missing_ok=True)
         atomic_write(self.file(CONFIG), yaml.safe_dump(config, sort_keys=False))
 
     def log(self, record: dict) -> None:
         with open(self.file(METRICS), "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def metrics(self) -> list[dict]:
-        """The records of ``metrics.jsonl``; a line that is not a JSON object (a run killed mid-write) is
-        skipped with a one-line warning on stderr naming the file and line."""
+    def metrics_size(self) -> int:
+        """Bytes in ``metrics.jsonl`` now; a checkpoint keeps it to cut the file back on resume."""
         p = self.file(METRICS)
-        if not p.exists():
+        return p.stat().st_size if p.is_file() else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Keep the first ``size`` bytes of ``metrics.jsonl`` (rewritten atomically): a resumed run drops the
+        records that attempts after its checkpoint wrote, so the file tells one story."""
+        p = self.file(METRICS)
+        if not p.is_file():
+            return
+        data = p.read_bytes()
+        if len(data) > size:
+            atomic_write(p, data[:size])
+
+    def metrics(self) -> list[dict]:
+        """The records of ``metrics.jsonl``; lines that are not JSON objects (a run killed mid-write, an
+        edited file) are skipped, with one warning on stderr naming the file and counting them."""
+        p = self.file(METRICS)
+        if not p.is_file():
             return []
-        records = []
-        for number, line in enumerate(p.read_text().splitlines(), 1):
+        records, bad = [], []
+        for number, line in enumerate(p.read_bytes().decode(errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # garbage, or brackets nested past Python's stack
                 record = None
             if isinstance(record, dict):
                 records.append(record)
             else:
-                print(f"warning: {p}:{number}: not a JSON object, skipped", file=sys.stderr)
+                bad.append(number)
+        if bad:
+            where = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+            print(f"warning: {p}: {len(bad)} line(s) not a JSON object (line {where}), skipped", file=sys.stderr)
         return records
 
     # --- checkpoint (weights_only loading: no arbitrary pickle) -----------
-    def save_checkpoint(self, state: dict) -> None:
-        import io
-
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write(self.file(CHECKPOINT), buf.getvalue())
+    def save_checkpoint(self, state: dict | bytes) -> None:
+        """Write ``state`` (or its bytes from ``checkpoint_bytes``) as ``checkpoint.pt``, atomically."""
+        atomic_write(self.file(CHECKPOINT), state if isinstance(state, bytes) else checkpoint_bytes(state))
 
     def load_checkpoint(self) -> dict | None:
         p = self.file(CHECKPOINT)
@@ -131,7 +208,9 @@ class RunDir:
         try:
             return torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - corrupt zip / refused object
-            raise UnsupError(f"{p}: cannot read the checkpoint ({e}); delete it or pass --overwrite to start again") from None
+            # torch's own message runs to several lines and suggests weights_only=False, which would run the file's code
+            reason = "it holds objects other than tensors, refused as unsafe" if "weights_only" in str(e) else "corrupt or truncated"
+            raise UnsupError(f"{p}: cannot read the checkpoint ({reason}); delete it or pass --overwrite to start again") from None
 
     # --- the encoder -------------------------------------------------------
     def save_encoder(self, method) -> None:
@@ -144,6 +223,7 @@ class RunDir:
         desc = {
             "method": method.name,
             "backbone": getattr(method.cfg, "backbone", None),
+            "backbone_options": dict(getattr(method.cfg, "backbone_options", None) or {}),  # the factory's arguments
             "input": {"channels": c, "height": h, "width": w, "range": [0.0, 1.0], "dtype": "float32"},
             "normalisation": "inside the encoder: (x - mean) / std, see the mean and std tensors" if hasattr(enc, "mean") else "none",
             "out_dim": int(getattr(enc, "out_dim", 0)),
@@ -162,13 +242,21 @@ def build_method(config: dict):
     return cls(cfg, tuple(config["shape"]))
 
 
-def load_method(run_dir: str | Path, map_location: str = "cpu"):
-    """The method with its trained encoder weights loaded."""
+def load_method(run_dir: str | Path, map_location: str = "cpu", backbone: torch.nn.Module | None = None):
+    """The method with its trained encoder weights loaded; ``backbone``: the
+    user's own module the run was pretrained with (``pretrain(..., backbone=)``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .user import user_backbone
+
     run = RunDir(run_dir)
-    method = build_method(run.read_config())
+    config = run.read_config()
+    if str(config.get("backbone", "")).startswith("user:") and backbone is None:
+        raise UnsupError(f"{run.path} was pretrained with a backbone of the user's ({config['backbone'][6:]}); "
+                         "pass that module: load_encoder(run, backbone=module)")
+    with user_backbone(backbone):
+        method = build_method(config)
     p = run.file(ENCODER)
     if not p.is_file():
         raise UnsupError(f"{p}: no encoder weights; the run did not finish (resume it with --resume)")
@@ -183,6 +271,7 @@ def load_method(run_dir: str | Path, map_location: str = "cpu"):
     return method
 
 
-def load_encoder(run_dir: str | Path, map_location: str = "cpu") -> torch.nn.Module:
-    """A ready ``nn.Module``: float images (B, C, H, W) in [0, 1] -> (B, D)."""
-    return load_method(run_dir, map_location).encoder.eval()
+def load_encoder(run_dir: str | Path, map_location: str = "cpu", backbone: torch.nn.Module | None = None) -> torch.nn.Module:
+    """A ready ``nn.Module``: float images (B, C, H, W) in [0, 1] -> (B, D);
+    ``backbone``: the user's own module the run was pretrained with."""
+    return load_method(run_dir, map_location, backbone).encoder.eval()

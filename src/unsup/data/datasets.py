@@ -62,18 +62,39 @@ class ImageDataset:
 
 
 def _tensor(images: np.ndarray, labels: np.ndarray | None, name: str, classes) -> ImageDataset:
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if labels is not None else None
+    """A dataset from reader arrays; pixels and labels pass the readers' rules."""
+    images = readers.to_uint8(name, images)
+    y = torch.from_numpy(readers.check_labels(name, labels, len(images), classes)) if labels is not None else None
     return ImageDataset(name, torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)), y, list(classes or []))
+
+
+def check_pair(train: ImageDataset, test: ImageDataset, source: str) -> None:
+    """Refuse a train/test pair that cannot be probed together: no labels, another
+    image shape, other class names, or test labels of classes the train split lacks."""
+    if train.labels is None or test.labels is None:
+        raise UnsupError(f"{source}: has no labels, so its encoder cannot be probed; give a labelled source "
+                         "(class subfolders, or 'labels' in the .npz)")
+    if train.shape != test.shape:
+        raise UnsupError(f"{source}: the test images are {test.shape} but the train images {train.shape} (C, H, W); "
+                         "both splits need one image shape")
+    if train.classes and test.classes and train.classes != test.classes:
+        raise UnsupError(f"{source}: the test split's classes ({', '.join(test.classes[:5])}...) differ from the train "
+                         f"split's ({', '.join(train.classes[:5])}...); give both splits the same class folders")
+    if train.labels is not None and test.labels is not None and len(test.labels):
+        top = int(test.labels.max())
+        if top >= train.num_classes:
+            raise UnsupError(f"{source}: the test split has label {top} but the train split only {train.num_classes} classes")
 
 
 def _fashion_mnist(split: str) -> ImageDataset:
     root = find_fashion_mnist()
     prefix = {"train": "train", "test": "t10k"}[split]
-    x = readers.read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
-    y = readers.read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    x_file, y_file = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    x, y = readers.read_idx(x_file), readers.read_idx(y_file)
     if x.ndim != 3 or len(x) != len(y):
         raise UnsupError(f"{root}: {prefix} images {x.shape} and labels {y.shape} do not match")
-    return _tensor(x[:, None], y, "fashion-mnist", FASHION_CLASSES)
+    return _tensor(readers.to_uint8(x_file, x[:, None]), readers.check_labels(y_file, y, len(x), FASHION_CLASSES),
+                   "fashion-mnist", FASHION_CLASSES)
 
 
 def _digits(split: str) -> ImageDataset:
@@ -134,7 +155,12 @@ SPLITS = ("train", "test", "unlabeled")
 
 def has_unlabeled_split(name: str) -> bool:
     """True for sources with a separate unlabelled split (STL-10's 100k images)."""
-    return (Path(name).expanduser() / "unlabeled_X.bin").is_file()
+    path = Path(name).expanduser()
+    if (path / "unlabeled_X.bin").is_file():
+        return True
+    from . import shards
+
+    return shards.is_prepared(path) and "unlabeled" in shards.read_index(path).get("splits", {})
 
 
 def _discover_loaders() -> None:
@@ -150,7 +176,10 @@ def _discover_loaders() -> None:
 
 
 def load(name: str, split: str = "train") -> ImageDataset:
-    """A dataset by name (see ``LOADERS``) or by path, one split."""
+    """A dataset by name (see ``LOADERS``) or by path, one split; a directory
+    written by ``unsup data prepare`` streams its images from disk (``shards``)."""
+    if not str(name).strip():  # Path("") is the current folder: an empty --data must not train on it
+        raise UnsupError("--data is empty; give a dataset name or a path")
     if name not in LOADERS:
         _discover_loaders()
     if split not in SPLITS:
@@ -160,6 +189,10 @@ def load(name: str, split: str = "train") -> ImageDataset:
             split = "train"  # labelled sets serve their train split unlabelled
         return LOADERS[name](split)
     path = Path(name).expanduser()
+    from . import shards
+
+    if shards.is_prepared(path):
+        return shards.open_prepared(path, split)
     if path.suffix == ".npz" or path.exists():
         return _from_path(path, split)
     raise UnsupError(f"unknown dataset {name!r}; choose one of {', '.join(LOADERS)} or give a path (.npz, CIFAR, STL-10 or image folder)")

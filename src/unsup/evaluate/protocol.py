@@ -132,7 +132,11 @@ def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torc
 
 def probe(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu", progress: str | None = None) -> list[dict]:
     """Rows for one encoder on a labelled (train, test) pair; ``progress``
-    labels the progress bars (none when None)."""
+    labels the progress bars (none when None). Each set is an ImageDataset, an
+    ``(images, labels)`` pair or a Dataset of (image, label) pairs."""
+    from ..user import as_dataset
+
+    train, test = as_dataset(train, name="train"), as_dataset(test, name="test")
     with bar(progress and f"{progress}: features", len(train) + len(test), "img") as b:
         tf = extract_features(encoder, train.images, device, progress=b)
         sf = extract_features(encoder, test.images, device, progress=b)
@@ -218,18 +222,23 @@ def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int
                                                  progress and f"{progress} {i + 1}/{inits}") for i, e in enumerate(encoders)], "init"))
 
 
-def supervised_key(train, test, backbone: str, n, seed: int, max_steps: int | None = None) -> dict:
-    """The cache key of one supervised reference run: data, backbone, budget,
+def supervised_key(train, test, backbone: str, n, seed: int, max_steps: int | None = None,
+                   backbone_options: dict | None = None) -> dict:
+    """The cache key of one supervised reference run: data, backbone and its
+    options other than the defaults (none: the key has no such entry), budget,
     seed and the settings that run trains with."""
+    from ..nets import backbone_options as non_default
     from .supervised import MAX_STEPS, settings_for
 
     settings = settings_for(len(few_label_indices(train.labels, n, seed)))
     settings = settings if max_steps in (None, MAX_STEPS) else {**settings, "max_steps": max_steps}
-    return {"kind": "supervised", **_data_key(train, test), "backbone": backbone, "labels_per_class": n, "seed": seed,
-            "settings": settings}
+    options = non_default(backbone, backbone_options) if backbone_options else {}
+    return {"kind": "supervised", **_data_key(train, test), "backbone": backbone,
+            **({"backbone_options": options} if options else {}), "labels_per_class": n, "seed": seed, "settings": settings}
 
 
-def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu", quiet=True, max_steps: int | None = None) -> list[dict]:
+def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu", quiet=True, max_steps: int | None = None,
+                    backbone_options: dict | None = None) -> list[dict]:
     """The supervised reference for each label budget: one cached run per
     (budget, seed), the missing ones trained in parallel."""
     from .supervised import MAX_STEPS, supervised_references
@@ -237,14 +246,14 @@ def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu
     max_steps = max_steps or MAX_STEPS
 
     def key(n, s):
-        return supervised_key(train, test, backbone, n, s, max_steps)
+        return supervised_key(train, test, backbone, n, s, max_steps, backbone_options)
 
     jobs = [(n, s) for n in budgets for s in _seeds_for(n, seeds)]
     todo = [j for j in jobs if not any((d / cache_name(key(*j))).is_file() for d in (reference_cache(), SHIPPED))]
     todo.sort(key=lambda j: j[0] != "all")  # the longest run first, so parallel workers finish together
     if todo:
         supervised_references(train, test, todo, backbone, device, quiet, max_steps,
-                              on_result=lambda job, result: cached(key(*job), lambda: result))
+                              on_result=lambda job, result: cached(key(*job), lambda: result), backbone_options=backbone_options)
     runs = {j: cached(key(*j), lambda: None) for j in jobs}
     rows = []
     for n in budgets:

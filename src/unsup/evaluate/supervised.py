@@ -32,6 +32,7 @@ dataset, backbone, label budget and seed.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -45,6 +46,20 @@ from ..data.augment import AugmentConfig
 from ..nets import build_encoder
 from .features import extract_features
 
+# the AugmentConfig fields the shipped references are keyed by; a field added since enters the key only when set
+KEYED_AUGMENT_FIELDS = ("crop_scale", "crop_ratio", "flip", "brightness", "contrast", "jitter_prob", "blur_prob", "blur_sigma",
+                        "noise_std")
+
+
+def augment_key(cfg: AugmentConfig) -> str:
+    """The augmentation as it enters a cache key: ``repr`` of the keyed fields
+    plus every other field that differs from its default."""
+    default = AugmentConfig()
+    parts = [f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
+             if f.name in KEYED_AUGMENT_FIELDS or getattr(cfg, f.name) != getattr(default, f.name)]
+    return f"AugmentConfig({', '.join(parts)})"
+
+
 SUPERVISED_AUGMENT = AugmentConfig()
 HOLDOUT_SHARE, HOLDOUT_PER_CLASS = 0.2, 100
 FIXED_STEPS = 300  # one label per class: no hold-out is possible
@@ -53,7 +68,7 @@ LR, WEIGHT_DECAY, WARMUP_STEPS = 1e-3, 5e-4, 50
 PATIENCE, DROPS = 2, 2
 MAX_EPOCHS, MAX_STEPS = 60, 4000
 # everything above is part of the cache key: a change recomputes the references
-SETTINGS = {"augment": repr(SUPERVISED_AUGMENT), "holdout": [HOLDOUT_SHARE, HOLDOUT_PER_CLASS], "fixed_steps": FIXED_STEPS,
+SETTINGS = {"augment": augment_key(SUPERVISED_AUGMENT), "holdout": [HOLDOUT_SHARE, HOLDOUT_PER_CLASS], "fixed_steps": FIXED_STEPS,
             "refit_max": REFIT_MAX, "lr": LR, "weight_decay": WEIGHT_DECAY, "warmup": WARMUP_STEPS, "patience": PATIENCE,
             "drops": DROPS, "max_epochs": MAX_EPOCHS, "max_steps": MAX_STEPS}
 # a labelled set larger than REFIT_MAX: lighter augmentation (chosen on a
@@ -62,7 +77,7 @@ SETTINGS = {"augment": repr(SUPERVISED_AUGMENT), "holdout": [HOLDOUT_SHARE, HOLD
 # rate drop on a noisy dip)
 LARGE_SET_AUGMENT = AugmentConfig(crop_scale=(0.6, 1.0), blur_prob=0.0)
 LARGE_SET_HOLDOUT_PER_CLASS = 500
-LARGE_SET_SETTINGS = {**SETTINGS, "augment": repr(LARGE_SET_AUGMENT), "holdout": [HOLDOUT_SHARE, LARGE_SET_HOLDOUT_PER_CLASS]}
+LARGE_SET_SETTINGS = {**SETTINGS, "augment": augment_key(LARGE_SET_AUGMENT), "holdout": [HOLDOUT_SHARE, LARGE_SET_HOLDOUT_PER_CLASS]}
 
 
 def settings_for(num_labels: int) -> dict:
@@ -87,10 +102,10 @@ def holdout_split(labels: torch.Tensor, seed: int, per_class: int = HOLDOUT_PER_
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: str, shape, num_classes: int):
+    def __init__(self, backbone: str, shape, num_classes: int, backbone_options: dict | None = None):
         super().__init__()
         c, h, _ = shape
-        self.encoder = build_encoder(backbone, c, h)
+        self.encoder = build_encoder(backbone, c, h, backbone_options)
         self.head = nn.Linear(self.encoder.out_dim, num_classes)
 
     def forward(self, x):
@@ -115,13 +130,14 @@ def _evaluate(model, images, labels) -> tuple[float, float]:
 
 def train_classifier(images, labels, backbone: str, num_classes: int, seed: int, device="cpu", steps: int | None = None,
                      drops_at: tuple[int, ...] = (), holdout=None, quiet: bool = True,
-                     max_steps: int = MAX_STEPS, augment_config: AugmentConfig = SUPERVISED_AUGMENT) -> tuple[nn.Module, dict]:
+                     max_steps: int = MAX_STEPS, augment_config: AugmentConfig = SUPERVISED_AUGMENT,
+                     backbone_options: dict | None = None) -> tuple[nn.Module, dict]:
     """Train on (images, labels). With ``holdout`` (images, labels) the length is
     chosen there (see the module docstring) and the best network is returned; with
     ``steps`` it trains exactly that long, dropping the rate at ``drops_at``."""
     device = torch.device(device)
     torch.manual_seed(seed)
-    model = Classifier(backbone, images.shape[1:], num_classes).to(device).to(memory_format=torch.channels_last)
+    model = Classifier(backbone, images.shape[1:], num_classes, backbone_options).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
     n = len(images)
     batch = int(min(256, max(32, n)))
@@ -171,26 +187,29 @@ def train_classifier(images, labels, backbone: str, num_classes: int, seed: int,
 
 
 def supervised_reference(train, test, per_class, seed: int, backbone: str = "small-convnet", device="cpu",
-                         quiet: bool = True, max_steps: int = MAX_STEPS) -> dict:
+                         quiet: bool = True, max_steps: int = MAX_STEPS, backbone_options: dict | None = None) -> dict:
     """Train the reference on ``per_class`` labels per class (seed ``seed``) and
     score it on the test split: accuracy and how its length was chosen
-    (``max_steps`` caps the length: tests use a small cap)."""
+    (``max_steps`` caps the length: tests use a small cap); ``backbone_options``
+    are the backbone factory's arguments."""
     idx = few_label_indices(train.labels, per_class, seed)
     images, labels = train.images[idx], train.labels[idx].cpu()
     large = len(idx) > REFIT_MAX
     split = holdout_split(labels, seed, LARGE_SET_HOLDOUT_PER_CLASS if large else HOLDOUT_PER_CLASS)
     if split is None:
-        model, info = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=min(FIXED_STEPS, max_steps), quiet=quiet)
+        model, info = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=min(FIXED_STEPS, max_steps), quiet=quiet,
+                                       backbone_options=backbone_options)
         info["length"] = "fixed (one label per class: no hold-out)"
     else:
         fit, held = split
         model, info = train_classifier(images[fit], labels[fit], backbone, train.num_classes, seed, device,
                                        holdout=(images[held], labels[held]), quiet=quiet, max_steps=max_steps,
-                                       augment_config=LARGE_SET_AUGMENT if large else SUPERVISED_AUGMENT)
+                                       augment_config=LARGE_SET_AUGMENT if large else SUPERVISED_AUGMENT,
+                                       backbone_options=backbone_options)
         info["length"] = "chosen on the hold-out"
         if len(idx) <= REFIT_MAX:  # train again on every label for the chosen length
             model, _ = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=info["steps"],
-                                        drops_at=tuple(info["drops_at"]), quiet=quiet)
+                                        drops_at=tuple(info["drops_at"]), quiet=quiet, backbone_options=backbone_options)
             info["refit_on_all_labels"] = True
     logits = extract_features(model, test.images, device)
     accuracy = float((logits.argmax(1) == test.labels.cpu()).float().mean())
@@ -198,12 +217,8 @@ def supervised_reference(train, test, per_class, seed: int, backbone: str = "sma
 
 
 def _one_thread() -> None:
-    """A worker: one thread, and every method imported, since some register
-    their backbone when imported (the video frame encoders)."""
-    from ..registry import all_methods
-
+    """A worker runs on one thread."""
     torch.set_num_threads(1)
-    all_methods()
 
 
 def _job(args) -> dict:
@@ -211,14 +226,15 @@ def _job(args) -> dict:
 
 
 def supervised_references(train, test, jobs, backbone: str = "small-convnet", device="cpu", quiet: bool = True,
-                          max_steps: int = MAX_STEPS, on_result=None) -> dict:
+                          max_steps: int = MAX_STEPS, on_result=None, backbone_options: dict | None = None) -> dict:
     """``{(labels per class, seed): result}`` for each job; ``on_result(job, result)``
     is called as each one finishes (the cache keeps finished runs if a later one
     is interrupted). On a multi-core CPU the runs go to parallel one-thread worker
     processes (measured 1.4x faster than one after another with two threads on
     the 2-core CPU); on a GPU they run in turn."""
     workers = min(len(jobs), torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
-    args = {job: (train, test, *job, backbone, "cpu" if workers > 1 else device, quiet, max_steps) for job in jobs}
+    args = {job: (train, test, *job, backbone, "cpu" if workers > 1 else device, quiet, max_steps, backbone_options)
+            for job in jobs}
     results = {}
 
     def finished(job, result):

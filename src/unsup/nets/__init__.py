@@ -3,9 +3,20 @@
 An encoder maps float images in [0, 1], shape ``(B, C, H, W)``, to features
 ``(B, D)``; it carries its own input normalisation so a loaded encoder needs
 nothing else.
+
+A backbone is made by a factory in ``BACKBONES``, the one table of them:
+``factory(in_channels, image_size, **options)`` returns a module with an
+integer ``out_dim``, a pooled ``forward`` (``(B, D)``) and ``forward_features``
+(the spatial map ``(B, C', h, w)`` of a convnet, the token sequence
+``(B, T, D)`` of a ViT; prednet, whose features pool several recurrent
+layers, has none). Options are the factory's keyword arguments; a run
+records them (``backbone_options``) and ``backbone_options()`` gives the ones
+that differ from the defaults, which key the cached supervised reference.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torchvision
@@ -34,32 +45,96 @@ class SmallConvNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.out_dim = out_dim or 8 * w
 
+    def forward_features(self, x):
+        return self.features(x)
+
     def forward(self, x):
         return self.pool(self.features(x)).flatten(1)
 
 
-def resnet18_small(in_channels: int = 3) -> nn.Module:
+class SmallStemResNet(torchvision.models.ResNet):
     """torchvision's ResNet-18 with the small-image stem (3x3 conv, stride 1,
-    no max-pool) used by SimCLR for CIFAR; the classifier is removed."""
-    net = torchvision.models.resnet18(weights=None)
-    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
-    net.out_dim = 512
-    return net
+    no max-pool) used by SimCLR for CIFAR; the classifier is removed. Its
+    tensors are named as in ``torchvision.models.resnet18()``."""
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.maxpool = nn.Identity()
+        self.fc = nn.Identity()
+        self.out_dim = 512
+
+    def forward_features(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+# --- the factories: (in_channels, image_size, **options) -> backbone --------
+def small_convnet(in_channels: int, image_size: int, width: int = 32) -> SmallConvNet:
+    return SmallConvNet(in_channels, width)
+
+
+def resnet18_small(in_channels: int, image_size: int) -> SmallStemResNet:
+    return SmallStemResNet(in_channels)
+
+
+def vit_tiny(in_channels: int, image_size: int, patch_size: int | None = None, depth: int = 12, embed_dim: int = 192,
+             num_heads: int = 3, pool: str = "token", pos_embed: str = "sincos", dynamic_size: bool = False) -> nn.Module:
+    from .vit import ViT  # timm is imported only by runs that use a ViT
+
+    return ViT(in_channels, image_size, patch_size, depth, embed_dim, num_heads, pool, pos_embed, dynamic_size)
+
+
+def frame_convnet(in_channels: int, image_size: int, width: int = 16) -> nn.Module:
+    from .frames import FrameConvNet  # frames.py imports conv_bn from here
+
+    return FrameConvNet(in_channels, width)
+
+
+def prednet(in_channels: int, image_size: int) -> nn.Module:
+    # the network of the prednet method, by name, so its supervised reference can build it
+    from ..methods.video.prednet import prednet_features
+
+    return prednet_features(in_channels)
 
 
 BACKBONES = {
-    "small-convnet": lambda c: SmallConvNet(c),
+    "small-convnet": small_convnet,
     "resnet18": resnet18_small,
+    "vit-tiny": vit_tiny,
+    "frame-convnet": frame_convnet,
+    "prednet": prednet,
 }
-MIN_SIZE = {"small-convnet": 8, "resnet18": 8}
+MIN_SIZE = {"small-convnet": 8, "resnet18": 8, "vit-tiny": 14, "frame-convnet": 16, "prednet": 16}
 
 
-def build_backbone(name: str, in_channels: int) -> nn.Module:
+def _factory(name: str):
     if name not in BACKBONES:
         raise UnsupError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[name](in_channels)
+    return BACKBONES[name]
+
+
+def backbone_options(name: str, options: dict | None = None) -> dict:
+    """``options`` checked against the factory's keyword arguments, without
+    those equal to their defaults: what distinguishes this backbone from the
+    default one of its name."""
+    params = list(inspect.signature(_factory(name)).parameters.values())[2:]
+    defaults = {p.name: p.default for p in params}
+    if options is not None and not isinstance(options, dict):
+        raise UnsupError(f"backbone_options must be a mapping, e.g. {{depth: 6}}; got {options!r}")
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        valid = ", ".join(defaults) or "none"
+        raise UnsupError(f"unknown backbone option(s) {', '.join(unknown)} for {name}; valid: {valid}")
+    return {k: v for k, v in (options or {}).items() if v != defaults[k]}
+
+
+def build_backbone(name: str, in_channels: int, image_size: int, options: dict | None = None) -> nn.Module:
+    """The backbone ``name`` for ``(in_channels, image_size, image_size)`` images, built with ``options``."""
+    options = backbone_options(name, options)
+    if image_size < MIN_SIZE.get(name, 1):
+        raise UnsupError(f"images of {image_size}x{image_size} are too small for {name} (needs at least {MIN_SIZE[name]})")
+    return BACKBONES[name](in_channels, image_size, **options)
 
 
 class Encoder(nn.Module):
@@ -74,26 +149,24 @@ class Encoder(nn.Module):
         self.register_buffer("std", torch.full((1, in_channels, 1, 1), float(std)))
         self.out_dim = out_dim or net.out_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise UnsupError(f"encoder expects images (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        return self.net((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalise(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's unpooled features: a spatial map or a token sequence."""
+        if not hasattr(self.net, "forward_features"):
+            raise UnsupError(f"{type(self.net).__name__} gives pooled features only (no forward_features)")
+        return self.net.forward_features(self.normalise(x))
 
 
-def build_encoder(backbone: str, in_channels: int, image_size: int) -> Encoder:
-    if image_size < MIN_SIZE.get(backbone, 1):
-        raise UnsupError(f"images of {image_size}x{image_size} are too small for {backbone} (needs at least {MIN_SIZE[backbone]})")
-    return Encoder(build_backbone(backbone, in_channels), in_channels, image_size)
+def build_encoder(backbone: str, in_channels: int, image_size: int, options: dict | None = None) -> Encoder:
+    """The backbone ``backbone`` (built with ``options``) behind the default normalisation."""
+    return Encoder(build_backbone(backbone, in_channels, image_size, options), in_channels, image_size)
 
 
-def projection_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2, last_bn: bool = False) -> nn.Sequential:
-    """The MLP head of the joint-embedding papers: (Linear-BN-ReLU) x (layers-1), Linear."""
-    mods: list[nn.Module] = []
-    d = in_dim
-    for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
-        d = hidden
-    mods.append(nn.Linear(d, out_dim, bias=not last_bn))
-    if last_bn:
-        mods.append(nn.BatchNorm1d(out_dim, affine=False))
-    return nn.Sequential(*mods)
+from .heads import projection_mlp  # noqa: E402,F401  (the heads live in nets/heads.py)

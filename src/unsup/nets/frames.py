@@ -3,8 +3,8 @@
 ``FrameConvNet`` halves the resolution three times with strided convs (a
 5x5 then 3x3s: 64 -> 32 -> 16 -> 8 for 64x64 frames), keeping the spatial map for the video
 models (motion needs positions) and giving global average + max pooled
-features to the probe. It is registered as the ``frame-convnet`` backbone so
-the supervised reference can build the same network.
+features to the probe. It is the ``frame-convnet`` backbone of
+``unsup.nets.BACKBONES``, so the supervised reference can build the same network.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import BACKBONES, MIN_SIZE, conv_bn
+from . import conv_bn
 
 
 class FrameConvNet(nn.Module):
@@ -26,7 +26,7 @@ class FrameConvNet(nn.Module):
         self.map_channels = 4 * w
         self.out_dim = 8 * w
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,19 +34,13 @@ class FrameConvNet(nn.Module):
         return torch.cat([m.mean((2, 3)), m.amax((2, 3))], 1)
 
 
-BACKBONES.setdefault("frame-convnet", lambda c: FrameConvNet(c))
-MIN_SIZE.setdefault("frame-convnet", 16)
-
 
 def feature_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The spatial map (B, C, h, w) under an ``Encoder``'s pooled output."""
-    net = encoder.net
-    x = (x - encoder.mean) / encoder.std
-    if hasattr(net, "feature_map"):
-        return net.feature_map(x)
-    if hasattr(net, "features"):  # SmallConvNet
-        return net.features(x)
-    raise TypeError(f"{type(net).__name__} has no spatial feature map; use the frame-convnet or small-convnet backbone")
+    m = encoder.forward_features(x)
+    if m.ndim != 4:
+        raise TypeError(f"{type(encoder.net).__name__} has no spatial feature map; use the frame-convnet or small-convnet backbone")
+    return m
 
 
 class FrameDecoder(nn.Module):

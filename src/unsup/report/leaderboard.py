@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UnsupError
-from .figures import Series, atomic_path, atomic_write_text, save_accuracy_curves
+from .figures import Series, _new_figure, atomic_path, atomic_write_text, save_accuracy_curves, save_figure
 
 DASH = "—"
 CLASSIFIER_LABELS = {"linear": "linear", "knn": "k-NN"}
 # (row key, mark letter, the reference in words)
 INTERVALS = (("vs_random", "R", "the same encoder with random weights"), ("vs_raw", "P", "raw pixels"))
 CURVE_NAME = "label-efficiency.png"
+TIME_CURVES = "time-to-accuracy.png"
 
 # --------------------------------------------------------------------------- the table model
 
@@ -59,6 +60,7 @@ class Entry:
     owner: str | None = None  # the method whose colour it takes ("random <method>" rows)
     note: str = ""  # what the spread is over, when not only label draws ("5 inits")
     supervised: Entry | None = None  # the supervised reference its gap is measured against
+    time_to_raw: str | None = None  # training time until the k-NN monitor matched raw pixels (methods with a monitor)
 
     @property
     def kind(self) -> str:
@@ -179,7 +181,8 @@ def build_entries(results: list[dict]) -> list[Entry]:
     """Methods, then raw pixels, a random encoder per method, supervised; each linked to its supervised reference."""
     _validate(results)
     methods = [Entry(str(res["method"]), str(res.get("family", "")), "method",
-                     _norm_rows(res["results"], f"{res['method']}: results"), owner=str(res["method"]), note=_seeds_note(res))
+                     _norm_rows(res["results"], f"{res['method']}: results"), owner=str(res["method"]), note=_seeds_note(res),
+                     time_to_raw=_time_to_raw(res))
                for res in results]
     raws, _ = _shared_reference(results, "raw_pixels", "raw pixels", "raw")
     sups, sup_of = _shared_reference(results, "supervised", "supervised", "supervised")
@@ -195,6 +198,14 @@ def build_entries(results: list[dict]) -> list[Entry]:
     for sup in sups:
         sup.supervised = sup
     return methods + raws + randoms + sups
+
+
+def _time_to_raw(res: dict) -> str | None:
+    tta = res.get("time_to_accuracy")
+    if not isinstance(tta, dict) or tta.get("raw_pixels") is None:
+        return None
+    seconds = tta.get("seconds_to_raw")
+    return "not reached" if seconds is None else _duration(seconds)
 
 
 def budgets_of(entries: list[Entry]) -> list:
@@ -289,8 +300,9 @@ def _gap_cell(entry: Entry, budget) -> Cell:
 # --------------------------------------------------------------------------- the table
 
 GAP = "gap to supervised"
-GROUPS = ("linear", "k-NN", GAP)
-GROUP_TITLES = {"linear": "linear probe", "k-NN": "k-NN", GAP: "gap to supervised (linear, points)"}
+TIME = "time to raw-pixel k-NN"
+GROUPS = ("linear", "k-NN", GAP, TIME)
+GROUP_TITLES = {"linear": "linear probe", "k-NN": "k-NN", GAP: "gap to supervised (linear, points)", TIME: TIME}
 
 
 @dataclass
@@ -302,7 +314,7 @@ class Table:
 
     @property
     def headers(self) -> list[str]:
-        return ["method", "family"] + [f"{group} {_budget_name(b)}" for group, b in self.columns]
+        return ["method", "family"] + [group if b is None else f"{group} {_budget_name(b)}" for group, b in self.columns]
 
     @property
     def rows(self) -> list[list[str]]:
@@ -320,6 +332,8 @@ def family_text(e: Entry) -> str:
 def _column_cell(e: Entry, group: str, budget) -> Cell:
     if group == GAP:
         return _gap_cell(e, budget)
+    if group == TIME:
+        return Cell(e.time_to_raw or DASH)
     return accuracy_cell(e.linear(budget) if group == "linear" else e.get("knn", budget))
 
 
@@ -334,7 +348,9 @@ def leaderboard_table(results: list[dict]) -> Table:
         return (1, 0.0) if _missing(row) else (0, -row["accuracy_mean"])
 
     entries = sorted(entries, key=sort_key)
-    columns = [(group, b) for group in GROUPS for b in budgets]
+    columns = [(group, b) for group in GROUPS if group != TIME for b in budgets]
+    if any(e.time_to_raw for e in entries):
+        columns.append((TIME, None))
     cells = [[_column_cell(e, group, b) for group, b in columns] for e in entries]
     return Table(columns, entries, cells, budgets)
 
@@ -415,6 +431,10 @@ def legend(table: Table, results: list[dict]) -> list[str]:
         lines.append("These results carry no significance intervals (made before protocol v5), so no cell is marked.")
     lines.append("Gap to supervised: the linear probe minus the supervised model of the same backbone trained on the "
                  "same labels, at each label budget, in points (negative: below supervised).")
+    if any(c[0] == TIME for c in table.columns):
+        lines.append("Time to raw-pixel k-NN: training time until the k-NN monitor (a labelled subset of the training split, "
+                     "never the test split) first matched raw pixels' k-NN accuracy on the same images; \"not reached\": "
+                     "not within the budget; \u2014: the method has no monitor. The monitor's own time is not counted.")
     notes = []
     for res in results:
         note = _refs(res).get("supervised_note")
@@ -572,6 +592,35 @@ def save_label_curves(results: list[dict], path: Path, title: str | None = None)
                                 title or f"Label efficiency on {dataset} (pretraining budget {budget}), linear probe")
 
 
+def save_time_curves(results: list[dict], path: Path) -> Path | None:
+    """k-NN monitor accuracy against training time for every method with a
+    monitor, and raw pixels' k-NN accuracy on the same images (dashed); None
+    (nothing written) when no method has a monitor trace."""
+    traces = [(str(r["method"]), r["time_to_accuracy"]) for r in results if isinstance(r.get("time_to_accuracy"), dict)
+              and r["time_to_accuracy"].get("trace")]
+    if not traces:
+        return None
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(traces) <= 10 else "tab20"]
+    fig = _new_figure((7.5, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    raws = set()
+    for i, (name, tta) in enumerate(traces):
+        xs, _, ys = zip(*tta["trace"])
+        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, color=cmap(i % cmap.N), label=name)
+        if tta.get("raw_pixels") is not None:
+            raws.add(round(100 * tta["raw_pixels"], 2))
+    for k, raw in enumerate(sorted(raws)):
+        ax.axhline(raw, **{k2: v for k2, v in RAW_STYLE.items() if k2 != "marker"}, label="raw pixels" if k == 0 else None)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("k-NN monitor accuracy (%)")
+    ax.set_title("Time to accuracy (k-NN monitor on a held-in subset of the training split)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    return save_figure(fig, path)
+
+
 def save_method_curve(result: dict, path: Path) -> Path | None:
     """One method's label efficiency: its linear probe, raw pixels, the random encoder as a band
     (mean ± std over inits), and the supervised model. None (nothing written) without linear rows."""
@@ -702,7 +751,8 @@ def _html_table(table: Table) -> str:
     top = ['<th rowspan="2">method</th>']
     top += [f'<th class="first" colspan="{sum(c[0] == g for c in table.columns)}">{esc(GROUP_TITLES[g])}</th>' for g in groups]
     first = {i for i, c in enumerate(table.columns) if i == 0 or table.columns[i - 1][0] != c[0]}
-    sub = [f'<th{" class=first" if i in first else ""}>{esc(_budget_name(b))}</th>' for i, (_, b) in enumerate(table.columns)]
+    sub = [f'<th{" class=first" if i in first else ""}>{esc("training" if b is None else _budget_name(b))}</th>'
+           for i, (_, b) in enumerate(table.columns)]
     out = ['<div class="scroll"><table class="leaderboard">',
            "<thead><tr>" + "".join(top) + "</tr><tr>" + "".join(sub) + "</tr></thead>", "<tbody>"]
     for e, cells in zip(table.entries, table.cells):
@@ -769,7 +819,8 @@ def _method_section(res: dict, items: list, curve: str | None) -> list[str]:
 
 
 def report_html(results: list[dict], figures: dict[int, list], command: str | None = None,
-                curves: str | None = "curves.png", meta: dict | None = None, method_curves: dict[int, str] | None = None) -> str:
+                curves: str | None = "curves.png", meta: dict | None = None, method_curves: dict[int, str] | None = None,
+                time_curves: str | None = None) -> str:
     """The report page. ``figures``: per result index, the items of ``_copy_figures``; ``method_curves``:
     per result index, the path (relative to the page) of its label-efficiency figure."""
     table = leaderboard_table(results)
@@ -794,6 +845,9 @@ def report_html(results: list[dict], figures: dict[int, list], command: str | No
     if curves:
         parts += ["<h2>Label efficiency</h2>",
                   f'<img class="curves" src="{esc(curves)}" alt="accuracy against labelled images per class">']
+    if time_curves:
+        parts += ["<h2>Time to accuracy</h2>",
+                  f'<img class="curves" src="{esc(time_curves)}" alt="k-NN monitor accuracy against training time">']
     for i, res in enumerate(results):
         parts += _method_section(res, figures.get(i, []), (method_curves or {}).get(i))
     parts.append("</body></html>")
@@ -821,6 +875,8 @@ def write_report(results: list[dict], out_dir: Path, command: str | None = None,
     payload = {"command": command, "meta": meta or {}, "results": results}
     written["results.json"] = atomic_write_text(out_dir / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
     written["curves.png"] = save_label_curves(results, out_dir / "curves.png")
+    if save_time_curves(results, out_dir / TIME_CURVES) is not None:
+        written[TIME_CURVES] = out_dir / TIME_CURVES
     dirs = _method_dirs(results)
     method_curves = {}
     for i, res in enumerate(results):
@@ -830,7 +886,8 @@ def write_report(results: list[dict], out_dir: Path, command: str | None = None,
             method_curves[i] = rel
     figures, copied = _copy_figures(results, out_dir, dirs)
     written.update(copied)
-    page = report_html(results, figures, command, meta=meta, method_curves=method_curves)
+    page = report_html(results, figures, command, meta=meta, method_curves=method_curves,
+                       time_curves=TIME_CURVES if TIME_CURVES in written else None)
     written["report.html"] = atomic_write_text(out_dir / "report.html", page)
     return written
 

@@ -1,5 +1,6 @@
-"""A pretraining budget: images seen (``100k``, ``60000``) or wall-clock
-seconds (``90s``, ``2m``, ``1h``), so that families compare fairly."""
+"""A pretraining budget: images seen (``100k``, ``60000``, ``5000img``) or
+wall-clock seconds (``90s``, ``2m``, ``1h``), so that families compare fairly;
+the same syntax gives the checkpoint interval (``--checkpoint-every``)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ def parse_budget(text: str | int | Budget) -> Budget:
     if isinstance(text, Budget):
         return text
     s = str(text).strip()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhkM]?)", s)
+    # an image count may end in "img" or "images" (5000img, 20k images)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(?:([smh])|([kM]?)\s*(?:img|images)?)", s)
     if not m or float(m.group(1)) <= 0:
         raise UnsupError(f"bad budget {text!r}; give images seen (50000, 100k, 1M) or time (90s, 2m, 1h)")
-    value, unit = float(m.group(1)), m.group(2)
+    value, unit = float(m.group(1)), m.group(2) or m.group(3)
     kind = "seconds" if unit in ("s", "m", "h") else "images"
     return Budget(kind, value * _UNITS.get(unit, 1))

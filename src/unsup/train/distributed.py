@@ -8,6 +8,7 @@ contrastive losses gather embeddings with gradients across processes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -81,3 +82,27 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Every process takes rank 0's parameters and buffers: replicas start equal
+    whatever each process's random state was when the model was built."""
+    if is_distributed():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, 0)
+
+
+def replica_digests(module: torch.nn.Module) -> list[str]:
+    """A digest of ``module``'s parameters on every process (rank order): equal
+    digests mean bit-identical weights. Buffers are left out: batch-norm running
+    statistics follow each process's shard (rank 0's are the ones saved). One
+    host copy: for run start and end only."""
+    h = hashlib.sha256()
+    for name, t in module.named_parameters():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    if not is_distributed():
+        return [h.hexdigest()[:16]]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, h.hexdigest()[:16])
+    return out

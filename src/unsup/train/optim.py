@@ -39,8 +39,29 @@ class LARS(torch.optim.Optimizer):
 OPTIMIZERS = ("adamw", "sgd", "lars", "adam")
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float = 0.9, betas=(0.9, 0.999)):
+def decay_groups(params) -> list[dict]:
+    """Parameters, or parameter groups (dicts), split so that biases and
+    normalisation parameters (every 1-D or scalar tensor) get no weight decay,
+    as the joint-embedding papers train (SimCLR, BYOL, Barlow Twins, VICReg;
+    Goyal et al. 2017); weights keep the group's (or the optimiser's) decay.
+    Other group options (``lr``, ``fixed_lr``) go to both halves."""
     params = list(params)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    out = []
+    for group in groups:
+        ps = list(group["params"])
+        decay, flat = [p for p in ps if p.ndim > 1], [p for p in ps if p.ndim <= 1]
+        if decay:
+            out.append({**group, "params": decay})
+        if flat:
+            out.append({**group, "params": flat, "weight_decay": 0.0})
+    return out
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float = 0.9, betas=(0.9, 0.999)):
+    """The optimiser ``name`` over ``params`` (tensors or parameter groups),
+    biases and norm parameters without weight decay (``decay_groups``)."""
+    params = decay_groups(params)
     if name == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
     elif name == "adam":
@@ -74,6 +95,8 @@ def lr_factor(progress: float, warmup: float, schedule: str = "cosine") -> float
 
 
 def set_lr(optimizers, factor: float) -> None:
+    """Scale every group's base rate by ``factor``, except groups marked
+    ``fixed_lr`` (SimSiam's predictor), which keep their base rate."""
     for opt in optimizers:
         for g in opt.param_groups:
-            g["lr"] = g.get("base_lr", g["lr"]) * factor
+            g["lr"] = g.get("base_lr", g["lr"]) * (1.0 if g.get("fixed_lr") else factor)

@@ -145,6 +145,13 @@ class DeepCluster(Method):
         proj = evecs[:, -d:] / torch.sqrt(evals[-d:].clamp_min(0) + 1e-5)
         return F.normalize((xc @ proj).float(), dim=1)
 
+    def check_training_set(self, data) -> None:
+        cfg, n = self.cfg, len(data)
+        per_epoch = min(n, cfg.epoch_size) if cfg.epoch_size > 0 else n
+        if per_epoch < cfg.num_clusters:
+            raise UnsupError(f"deepcluster: {cfg.num_clusters} clusters need at least that many images per epoch, got {per_epoch}; "
+                             "lower -o num_clusters" + (" or raise -o epoch_size" if per_epoch < n else ""))
+
     def recluster(self, epoch: int) -> None:
         """Cluster the features of this epoch's images; new pseudo-labels, new sampling order, new head."""
         cfg = self.cfg

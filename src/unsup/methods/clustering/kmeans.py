@@ -33,6 +33,7 @@ from torch import nn
 from ...errors import UnsupError
 from ...registry import register
 from ...train import distributed as dist
+from ...train.loop import Interval, Stopped, StopSignals
 from ..base import Method, MethodConfig
 from .kmeans_core import kmeans, triangle
 
@@ -149,6 +150,10 @@ class KMeans(Method):
         return (rows - self.encoder.mean) @ self.encoder.whiten
 
     def fit(self, data, budget, ctx) -> None:
+        """Patches, whitening, then ``iterations`` passes of k-means, with a checkpoint after a pass
+        whenever ``ctx.checkpoint_every`` has passed (an image interval counts patches assigned), after
+        the last pass and on SIGTERM/SIGINT. A resumed fit redraws the same patches and whitening (seeded)
+        and continues the passes from the checkpoint: the same centroids as the uninterrupted fit."""
         cfg = self.cfg
         start = time.perf_counter()
         images = data.images
@@ -159,7 +164,32 @@ class KMeans(Method):
         per_process = cfg.num_patches // dist.world_size()
         rows = self.random_patches(images, per_process, ctx.seed + dist.rank())
         white = self.fit_whitening(rows)
-        centroids = kmeans(white, cfg.num_centroids, cfg.iterations, cfg.kmeans_batch, seed=ctx.seed)
+        state = ctx.resume_state()
+        resume = state.get("kmeans") if state is not None else None
+        if resume is not None:
+            start -= state["seconds"]  # the seconds of the attempts before count too
+            if not ctx.quiet and dist.is_main():
+                print(f"resuming k-means after pass {resume['passes']} of {cfg.iterations}")
+        done = resume["passes"] if resume is not None else 0
+        interval = Interval(ctx.checkpoint_interval(), done * cfg.num_patches, time.perf_counter() - start)
+        advice = "start again with --overwrite"
+
+        with StopSignals() as stop:
+            def on_pass(st: dict) -> None:
+                seconds = time.perf_counter() - start
+                patches = st["passes"] * cfg.num_patches
+                if interval.due(patches, seconds) or stop.name or st["passes"] == cfg.iterations:
+                    self.encoder.centroids.copy_(st["centroids"])
+                    ctx.save_state({"method": self.state_dict(), "kmeans": st, "step": st["passes"],
+                                    "images_seen": len(images), "seconds": seconds},
+                                   {"centroids": st["centroids"]}, {"counts": st["counts"]}, advice)
+                    interval.mark(patches, seconds)
+                if stop.name:
+                    raise Stopped(f"stopped by {stop.name} after k-means pass {st['passes']}; checkpoint written"
+                                  f"{f' in {ctx.run.path}' if ctx.run is not None else ''}, continue with --resume")
+
+            centroids = kmeans(white, cfg.num_centroids, cfg.iterations, cfg.kmeans_batch, seed=ctx.seed,
+                               on_pass=on_pass, resume=resume)
         self.encoder.centroids.copy_(centroids)
         seconds = time.perf_counter() - start
         ctx.log({"step": cfg.iterations, "images_seen": len(images), "seconds": round(seconds, 2), "patches": cfg.num_patches})

@@ -105,7 +105,8 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tenso
 
 
 def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None = None, seed: int = 0,
-           init: torch.Tensor | str = "random", init_size: int | None = None) -> torch.Tensor:
+           init: torch.Tensor | str = "random", init_size: int | None = None, on_pass=None,
+           resume: dict | None = None) -> torch.Tensor:
     """Centroids ``(k, D)`` of the rows of ``x`` (the local shard under torchrun).
 
     ``iterations`` passes over the data; ``batch_size=None`` (or >= the data)
@@ -113,6 +114,11 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None
     ``init``: "random" (k distinct points), "k-means++" (on ``init_size``
     random points, default ``max(3 * batch, 3 * k)``, as scikit-learn does),
     or a tensor of centroids.
+
+    ``on_pass(state)``, if given, is called after each pass with everything the
+    remaining passes depend on (``passes`` done, ``centroids``, ``counts``, the
+    generator's ``rng``); ``resume=state`` continues from such a state, with the
+    same result as the uninterrupted call.
     """
     lay = _Layout(x)
     total = lay.total
@@ -134,7 +140,12 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None
     else:
         raise UnsupError(f"k-means: unknown init {init!r}; choose random or k-means++")
     counts = torch.zeros(k, device=dev, dtype=x.dtype)
-    for _ in range(iterations):
+    done = 0
+    if resume is not None:
+        centroids, counts = resume["centroids"].to(x).clone(), resume["counts"].to(x).clone()
+        g.set_state(resume["rng"])
+        done = int(resume["passes"])
+    for it in range(done, iterations):
         order = torch.randperm(total, generator=g).to(dev) if batch < total else None
         for i in range(0, total - batch + 1, batch):
             gidx = order[i : i + batch] if order is not None else None
@@ -155,6 +166,8 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None
                 pick = torch.randint(0, batch, (int(empty.sum()),), generator=g).to(dev)
                 centroids[empty] = lay.rows(gidx[pick] if gidx is not None else pick)
                 counts[empty] = 0
+        if on_pass is not None:
+            on_pass({"passes": it + 1, "centroids": centroids, "counts": counts, "rng": g.get_state()})
     return centroids
 
 

@@ -118,7 +118,11 @@ class SparseCoding(Method):
         self.encoder = SoftThresholdEncoder(c, cfg.patch_size, cfg.num_atoms, cfg.norm_eps, cfg.encode_alpha)
 
     def fit(self, data, budget, ctx) -> None:
+        """Patches and whitening (seeded), then ``steps`` dictionary updates, with a checkpoint whenever
+        ``ctx.checkpoint_every`` has passed (an image interval counts patches), after the last step and
+        on SIGTERM/SIGINT; a resumed fit continues from the checkpoint with the uninterrupted result."""
         from ...train import distributed as dist
+        from ...train.loop import Interval, Stopped, StopSignals
 
         cfg = self.cfg
         start = time.perf_counter()
@@ -135,30 +139,57 @@ class SparseCoding(Method):
         atoms = F.normalize(white[torch.randperm(len(white), generator=g)[:k].to(dev)] + 1e-3, dim=1)
         stat_a = torch.zeros(k, k, device=dev)
         stat_b = torch.zeros(k, d, device=dev)
+        first = 1
+        state = ctx.resume_state()
+        if state is not None and "sparse_coding" in state:
+            saved = state["sparse_coding"]
+            atoms, stat_a, stat_b = saved["atoms"].to(dev), saved["stat_a"].to(dev), saved["stat_b"].to(dev)
+            g.set_state(saved["rng"])
+            first = int(state["step"]) + 1
+            start -= state["seconds"]  # the seconds of the attempts before count too
+        interval = Interval(ctx.checkpoint_interval(), (first - 1) * cfg.batch_size, time.perf_counter() - start)
+
+        def checkpoint(step: int) -> None:
+            seconds = time.perf_counter() - start
+            self.encoder.atoms.copy_(atoms)
+            ctx.save_state({"method": self.state_dict(), "step": step, "images_seen": len(images), "seconds": seconds,
+                            "sparse_coding": {"atoms": atoms, "stat_a": stat_a, "stat_b": stat_b, "rng": g.get_state()}},
+                           {"atoms": atoms}, {"stat_a": stat_a, "stat_b": stat_b}, "start again with --overwrite")
+            interval.mark(step * cfg.batch_size, seconds)
+
         bar = ctx.progress_bar(cfg.steps, "step")
-        step = 0
-        for step in range(1, cfg.steps + 1):
-            x = white[torch.randint(0, len(white), (cfg.batch_size,), generator=g).to(dev)]
-            codes = fista(x, atoms, cfg.sparsity, cfg.fista_steps)
-            # running statistics, summed over processes so every copy of D stays the same
-            aa = dist.all_reduce_sum(codes.T @ codes) / (cfg.batch_size * dist.world_size())
-            bb = dist.all_reduce_sum(codes.T @ x) / (cfg.batch_size * dist.world_size())
-            stat_a.mul_(cfg.stat_decay).add_(aa)
-            stat_b.mul_(cfg.stat_decay).add_(bb)
-            lip = float(torch.linalg.eigvalsh(stat_a.double())[-1]) + 1e-8
-            for _ in range(3):  # projected gradient on 1/2 tr(D^T D A) - tr(D^T B), unit-norm atoms
-                atoms = F.normalize(atoms - (stat_a @ atoms - stat_b) / lip, dim=1)
-            dead = torch.diagonal(stat_a) < 1e-6 * float(torch.diagonal(stat_a).mean() + 1e-12)
-            if step % 50 == 0 and dead.any():  # re-seed atoms nobody uses
-                fresh = white[torch.randint(0, len(white), (int(dead.sum()),), generator=g).to(dev)]
-                atoms[dead] = F.normalize(dist.broadcast(fresh), dim=1)
-            bar.update(1)
-            if step % 10 == 0 or step == cfg.steps:
-                obj = sparse_objective(x, atoms, codes, cfg.sparsity)
-                ctx.log({"step": step, "seconds": round(time.perf_counter() - start, 2), "loss": obj,
-                         "active": float((codes != 0).float().sum(1).mean())})
-            if budget.kind == "seconds" and time.perf_counter() - start >= budget.value:
-                break
+        bar.update(first - 1)
+        step = first - 1
+        with StopSignals() as stop:
+            for step in range(first, cfg.steps + 1):
+                x = white[torch.randint(0, len(white), (cfg.batch_size,), generator=g).to(dev)]
+                codes = fista(x, atoms, cfg.sparsity, cfg.fista_steps)
+                # running statistics, summed over processes so every copy of D stays the same
+                aa = dist.all_reduce_sum(codes.T @ codes) / (cfg.batch_size * dist.world_size())
+                bb = dist.all_reduce_sum(codes.T @ x) / (cfg.batch_size * dist.world_size())
+                stat_a.mul_(cfg.stat_decay).add_(aa)
+                stat_b.mul_(cfg.stat_decay).add_(bb)
+                lip = float(torch.linalg.eigvalsh(stat_a.double())[-1]) + 1e-8
+                for _ in range(3):  # projected gradient on 1/2 tr(D^T D A) - tr(D^T B), unit-norm atoms
+                    atoms = F.normalize(atoms - (stat_a @ atoms - stat_b) / lip, dim=1)
+                dead = torch.diagonal(stat_a) < 1e-6 * float(torch.diagonal(stat_a).mean() + 1e-12)
+                if step % 50 == 0 and dead.any():  # re-seed atoms nobody uses
+                    fresh = white[torch.randint(0, len(white), (int(dead.sum()),), generator=g).to(dev)]
+                    atoms[dead] = F.normalize(dist.broadcast(fresh), dim=1)
+                bar.update(1)
+                if step % 10 == 0 or step == cfg.steps:
+                    obj = sparse_objective(x, atoms, codes, cfg.sparsity)
+                    ctx.log({"step": step, "seconds": round(time.perf_counter() - start, 2), "loss": obj,
+                             "active": float((codes != 0).float().sum(1).mean())})
+                if stop.name:
+                    checkpoint(step)
+                    raise Stopped(f"stopped by {stop.name} at sparse-coding step {step}; checkpoint written"
+                                  f"{f' in {ctx.run.path}' if ctx.run is not None else ''}, continue with --resume")
+                if budget.kind == "seconds" and time.perf_counter() - start >= budget.value:
+                    break
+                if interval.due(step * cfg.batch_size, time.perf_counter() - start) and step < cfg.steps:
+                    checkpoint(step)
+        checkpoint(step)
         bar.close()
         self.encoder.atoms.copy_(atoms)
         seconds = time.perf_counter() - start

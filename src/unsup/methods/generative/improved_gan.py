@@ -66,6 +66,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from ...data import few_label_indices
 from ...errors import UnsupError
 from ...registry import register
+from ...train.ema import ema_update
 from .gan_nets import (
     ConvTrunk,
     Discriminator,
@@ -309,14 +310,18 @@ class ImprovedGAN(GanMethod):
             raise UnsupError(f"improved-gan: d_norm must be 'batch' or 'weight', got {cfg.d_norm!r}")
         self.encoder = PooledFeatures(self.disc.trunk, c, s)
 
-    def on_epoch_start(self, data, epoch: int) -> None:
-        if self._lab_x is not None:
-            return
+    def check_training_set(self, data) -> None:
         if data.labels is None:
             raise UnsupError(f"improved-gan is semi-supervised: {data.name} has no labels; pretrain on a labelled dataset")
         if data.num_classes != self.cfg.num_classes:
             raise UnsupError(f"improved-gan: {data.name} has {data.num_classes} classes but num_classes={self.cfg.num_classes}; "
                              f"pass -o num_classes={data.num_classes}")
+        few_label_indices(data.labels, self.cfg.labels_per_class, self.cfg.seed)  # too few labels per class fail here
+
+    def on_epoch_start(self, data, epoch: int) -> None:
+        if self._lab_x is not None:
+            return
+        self.check_training_set(data)
         idx = few_label_indices(data.labels, self.cfg.labels_per_class, self.cfg.seed).to(data.images.device)
         self._lab_x, self._lab_y = data.images[idx], data.labels[idx]
         if not bool(self.initialised):  # the paper: data-dependent init of D's weight norm on 500 training images
@@ -326,11 +331,10 @@ class ImprovedGAN(GanMethod):
             self.initialised.fill_(True)
 
     def after_step(self, progress: float) -> None:
-        if self.cfg.ema_rate > 0:  # the paper's averaging: a <- a + rate (p - a), from a = 0
+        # the paper's averaging: a <- a + rate (p - a), from a = 0; a batch-norm D's running statistics are the live D's
+        if self.cfg.ema_rate > 0:
             self.ema_steps += 1
-            with torch.no_grad():
-                for a, p in zip(self.disc_avg.parameters(), self.disc.parameters()):
-                    a.lerp_(p.detach(), self.cfg.ema_rate)
+            ema_update(self.disc_avg, self.disc, 1 - self.cfg.ema_rate)
 
     def test_disc(self) -> nn.Module:
         """The D that predicts: the live one, or a copy holding its bias-corrected parameter average."""

@@ -134,15 +134,19 @@ class TextToImageGAN(GanMethod):
         """(small, dark) booleans against the medians of each image's class."""
         return ink_area(images01) < self.size_median[cls], ink_brightness(images01) < self.shade_median[cls]
 
-    def on_epoch_start(self, data, epoch: int) -> None:
-        if epoch > 0 and bool(self.desc_tokens.any()):
-            return
+    def check_training_set(self, data) -> None:
         k = self.cfg.num_classes
         if data.labels is None:
             raise UnsupError(f"text-to-image-gan builds descriptions from labels: {data.name} has none; use a labelled dataset")
         if data.num_classes != k:
             raise UnsupError(f"text-to-image-gan: {data.name} has {data.num_classes} classes but num_classes={k}; "
                              f"pass -o num_classes={data.num_classes}")
+
+    def on_epoch_start(self, data, epoch: int) -> None:
+        if epoch > 0 and bool(self.desc_tokens.any()):
+            return
+        k = self.cfg.num_classes
+        self.check_training_set(data)
         with torch.no_grad():
             area = torch.cat([ink_area(data.images[i : i + 5000].float() / 255) for i in range(0, len(data), 5000)])
             shade = torch.cat([ink_brightness(data.images[i : i + 5000].float() / 255) for i in range(0, len(data), 5000)])

@@ -96,14 +96,18 @@ class Exemplar(PretextTask):
         self.encoder = self.make_encoder()
         self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(self.encoder.out_dim, self.classes))
 
+    def check_training_set(self, data) -> None:
+        n = len(data)
+        if n < self.classes:
+            raise UnsupError(f"exemplar: {self.classes} surrogate classes need as many training images, got {n}; "
+                             f"lower -o surrogate_classes to at most {n}")
+
     @torch.no_grad()
     def choose_seeds(self, images: torch.Tensor, seed: int = 0) -> None:
         """N images at random, and in each a seed patch drawn with probability
         proportional to its gradient energy (the paper's sampling)."""
         n = len(images)
-        if n < self.classes:
-            raise UnsupError(f"exemplar: {self.classes} surrogate classes need as many training images, got {n}; "
-                             f"lower surrogate_classes to at most {n}")
+        self.check_training_set(images)
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(n, generator=g)[: self.classes].to(images.device)
         x = to_float(images[idx])

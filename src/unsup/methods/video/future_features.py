@@ -21,8 +21,6 @@ an MLP regressor; k = 5 frames (the paper anticipates one second ahead).
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from ...data import video
 from ...data.augment import to_float
 from ...errors import UnsupError
 from ...registry import register
+from ...train.ema import cosine_momentum, ema_update, momentum_copy
 from .common import VideoConfig, VideoMethod
 
 
@@ -75,7 +74,7 @@ class FutureFeatures(VideoMethod):
             with torch.no_grad():
                 self.target_dim = target(torch.zeros(2, *shape)).shape[1]
         else:
-            target = copy.deepcopy(self.encoder)
+            target = momentum_copy(self.encoder)
         self.target = target.requires_grad_(False)
         d = self.encoder.out_dim
         self.regressor = nn.Sequential(nn.Linear(d, cfg.hidden), nn.BatchNorm1d(cfg.hidden), nn.ReLU(inplace=True),
@@ -102,11 +101,8 @@ class FutureFeatures(VideoMethod):
     def after_step(self, progress: float) -> None:
         if self.frozen:
             return
-        self.tau = 1 - (1 - self.cfg.momentum_base) * (math.cos(math.pi * progress) + 1) / 2
-        for pt, po in zip(self.target.parameters(), self.encoder.parameters()):
-            pt.lerp_(po, 1 - self.tau)
-        for bt, bo in zip(self.target.buffers(), self.encoder.buffers()):
-            bt.copy_(bo)
+        self.tau = cosine_momentum(self.cfg.momentum_base, progress)
+        ema_update(self.target, self.encoder, self.tau)
 
     @torch.no_grad()
     def retrieval(self, data, batch_size: int = 100, limit: int | None = 1000) -> dict:

@@ -47,7 +47,7 @@ from torch import nn
 
 from ...data.augment import to_float
 from ...errors import UnsupError
-from ...nets import BACKBONES, MIN_SIZE, Encoder
+from ...nets import Encoder
 from ...nets.convlstm import ConvLSTMCell
 from ...registry import register
 from .common import VideoConfig, VideoMethod
@@ -136,9 +136,10 @@ class PredNetFeatures(nn.Module):
         return torch.cat([torch.cat([r.mean((2, 3)), r.amax((2, 3))], 1) for r in rs], 1)
 
 
-# the supervised reference of `unsup probe` builds the same network by name
-BACKBONES.setdefault("prednet", lambda c: PredNetFeatures(PredNetNet(c, PredNetConfig.stack, PredNetConfig.r_stack), PredNetConfig.probe_steps))
-MIN_SIZE.setdefault("prednet", 16)
+def prednet_features(in_channels: int) -> PredNetFeatures:
+    """The default network as a backbone: the ``prednet`` entry of ``unsup.nets.BACKBONES``,
+    which the supervised reference of `unsup probe` builds by name."""
+    return PredNetFeatures(PredNetNet(in_channels, PredNetConfig.stack, PredNetConfig.r_stack), PredNetConfig.probe_steps)
 
 
 def prednet_loss(errors_per_t: list[list[torch.Tensor]], layer_weights, first_weight: float = 0.0) -> torch.Tensor:

@@ -1,0 +1,277 @@
+"""Backbone factories (small convnet, ResNet-18, ViT-tiny) and the masked
+methods (mae, ijepa): shapes, options, masking, losses, EMA, the run
+round trip and the ViT export. ViTs here are 2 blocks deep to stay fast."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import unsup
+from unsup.errors import UnsupError
+from unsup.export import export_encoder, sidecar
+from unsup.methods.base import config_from_dict
+from unsup.methods.masked.common import patchify, unpatchify
+from unsup.methods.masked.ijepa import sample_masks
+from unsup.methods.masked.mae import masked_patch_loss, random_masking
+from unsup.nets import BACKBONES, backbone_options, build_encoder
+from unsup.nets.vit import patch_size_for
+from unsup.registry import get_method
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
+SHALLOW = {"depth": 2}
+SHAPE = (1, 28, 28)
+
+
+def make(name: str, **options):
+    cls = get_method(name)
+    opts = {"backbone_options": {**cls.Config().backbone_options, **SHALLOW}, **options}
+    return cls(config_from_dict(cls.Config, opts), SHAPE)
+
+
+@pytest.fixture(scope="module")
+def batch(fm_small) -> torch.Tensor:
+    """16 real training images, uint8 (16, 1, 28, 28)."""
+    return torch.from_numpy(np.load(fm_small)["images"][:16, None].copy())
+
+
+# --- backbones ----------------------------------------------------------------
+@pytest.mark.parametrize("name", ["small-convnet", "resnet18", "vit-tiny"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [28, 32])
+def test_factories_give_pooled_and_unpooled_features(name, channels, size):
+    enc = build_encoder(name, channels, size, {"depth": 1} if name == "vit-tiny" else None)
+    x = torch.rand(2, channels, size, size)
+    with torch.no_grad():
+        pooled, unpooled = enc(x), enc.forward_features(x)
+    assert pooled.shape == (2, enc.out_dim)
+    if name == "vit-tiny":
+        assert enc.out_dim == 192 and unpooled.shape == (2, 1 + (size // 4) ** 2, 192)  # class token + 4x4 patches
+    else:
+        assert unpooled.ndim == 4 and unpooled.shape[:2] == (2, enc.out_dim)
+
+
+def test_every_backbone_is_in_the_one_table_and_builds():
+    assert set(BACKBONES) == {"small-convnet", "resnet18", "vit-tiny", "frame-convnet", "prednet"}
+    assert build_encoder("frame-convnet", 1, 64).forward_features(torch.rand(2, 1, 64, 64)).shape == (2, 64, 8, 8)
+    assert build_encoder("prednet", 1, 32)(torch.rand(2, 1, 32, 32)).shape[0] == 2
+
+
+def test_backbone_options_are_checked_and_defaults_dropped():
+    assert backbone_options("vit-tiny", {"depth": 12, "pool": "avg"}) == {"pool": "avg"}
+    assert backbone_options("small-convnet", {"width": 32}) == {}
+    with pytest.raises(UnsupError, match="unknown backbone option.*heads.*valid: patch_size, depth"):
+        build_encoder("vit-tiny", 1, 28, {"heads": 4})
+    with pytest.raises(UnsupError, match="unknown backbone option.*valid: none"):
+        build_encoder("resnet18", 1, 28, {"width": 2})
+    with pytest.raises(UnsupError, match="backbone_options must be a mapping"):
+        build_encoder("vit-tiny", 1, 28, "depth=2")
+    with pytest.raises(UnsupError, match="pool must be 'token'"):
+        build_encoder("vit-tiny", 1, 28, {"pool": "max"})
+    assert build_encoder("small-convnet", 1, 28, {"width": 8}).out_dim == 64
+
+
+def test_supervised_key_is_unchanged_by_default_options():
+    """Default options leave the key as it was, so the shipped references still match."""
+    from unsup.data import load
+    from unsup.evaluate.protocol import supervised_key
+
+    train, test = load("fashion-mnist", "train"), load("fashion-mnist", "test")
+    keys = [supervised_key(train, test, "small-convnet", 10, 0, backbone_options=o) for o in (None, {}, {"width": 32})]
+    assert keys[0] == keys[1] == keys[2] and "backbone_options" not in keys[0]
+    assert list(keys[0]) == ["kind", "dataset", "train", "test", "labels", "backbone", "labels_per_class", "seed", "settings"]
+    key = supervised_key(train, test, "vit-tiny", 10, 0, backbone_options={"depth": 6, "pool": "token"})
+    assert key["backbone_options"] == {"depth": 6}
+
+
+def test_vit_is_timms_vit_split_for_masking():
+    enc = build_encoder("vit-tiny", 1, 28, {"depth": 2, "pool": "avg"})
+    vit, x = enc.net, torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(vit.encode(vit.patch_tokens(enc.normalise(x))), enc.forward_features(x), atol=1e-6)
+    assert vit.cls_token is None and enc.forward_features(x).shape == (3, 49, 192)
+    assert not vit.pos_embed.requires_grad  # fixed sine-cosine positions
+    assert [patch_size_for(s) for s in (28, 32, 64, 96, 224)] == [4, 4, 8, 8, 16]
+    dyn = build_encoder("vit-tiny", 1, 28, {"depth": 1, "dynamic_size": True})  # multi-crop's small crops too
+    with torch.no_grad():
+        assert dyn(torch.rand(2, 1, 12, 12)).shape == (2, 192) and dyn.forward_features(torch.rand(2, 1, 12, 12)).shape == (2, 10, 192)
+        vit, x = dyn.net, torch.rand(2, 1, 28, 28)
+        assert torch.allclose(vit.encode(vit.patch_tokens(dyn.normalise(x))), dyn.forward_features(x), atol=1e-5)
+    with pytest.raises(UnsupError, match="patch_size"):
+        patch_size_for(13)
+
+
+# --- MAE ----------------------------------------------------------------------
+def test_mae_masking_keeps_a_quarter_of_each_image_at_random():
+    for tokens, kept in ((64, 16), (49, 12)):  # 49 * 0.25 rounds down, as the paper's int()
+        keep, hidden = random_masking(6, tokens, 0.75)
+        assert keep.shape == (6, kept) and hidden.shape == (6, tokens - kept)
+        both = torch.cat([keep, hidden], 1).sort(1).values
+        assert torch.equal(both, torch.arange(tokens).expand(6, -1))  # a partition of every image's tokens
+        assert len({tuple(k.tolist()) for k in keep}) > 1  # each image its own mask
+
+
+def test_mae_loss_sees_only_hidden_patches_normalised_per_patch():
+    patches = torch.rand(2, 49, 16)
+    keep, hidden = random_masking(2, 49, 0.75)
+    pred = torch.randn(2, hidden.shape[1], 16)
+    loss = masked_patch_loss(pred, patches, hidden)
+    other = patches.clone()
+    other.scatter_(1, keep[..., None].expand(-1, -1, 16), torch.rand(2, keep.shape[1], 16))  # new visible pixels
+    assert torch.equal(masked_patch_loss(pred, other, hidden), loss)
+    h0 = int(hidden[0, 0])
+    other[0, h0] = 3 * other[0, h0] + 1  # a brighter, higher-contrast hidden patch: the same normalised target
+    assert torch.allclose(masked_patch_loss(pred, other, hidden), loss, atol=1e-5)
+    other[0, h0] = torch.rand(16)
+    assert not torch.allclose(masked_patch_loss(pred, other, hidden), loss)
+
+
+def test_patches_are_row_major_like_the_vit_tokens():
+    x = torch.rand(2, 3, 28, 28)
+    p = patchify(x, 4)
+    assert p.shape == (2, 49, 48) and torch.equal(unpatchify(p, 4, 3), x)
+    assert torch.equal(p[:, 8], x[:, :, 4:8, 4:8].permute(0, 2, 3, 1).flatten(1))  # row 1, column 1 of the 7x7 grid
+
+
+def test_mae_predictions_do_not_see_the_hidden_pixels(batch):
+    mae = make("mae").eval()
+    x = batch[:4].float() / 255
+    torch.manual_seed(3)
+    pred, patches, hidden = mae.reconstruct(x)
+    changed = patches.scatter(1, hidden[..., None].expand(-1, -1, 16), torch.rand(4, hidden.shape[1], 16))
+    x2 = unpatchify(changed, 4, 1)
+    torch.manual_seed(3)  # the same masks
+    pred2, patches2, hidden2 = mae.reconstruct(x2)
+    assert torch.equal(hidden2, hidden) and not torch.equal(patches2, patches)
+    assert torch.allclose(pred2, pred, atol=1e-6)
+    torch.manual_seed(3)
+    pred3, _, _ = mae.reconstruct(1 - x)  # the visible pixels do matter
+    assert not torch.allclose(pred3, pred, atol=1e-3)
+
+
+# --- I-JEPA -------------------------------------------------------------------
+def test_ijepa_context_excludes_every_target_block():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        ctx, tgt = sample_masks(7, 4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0), 4, g)
+        assert tgt.shape[0] == 4 and 6 <= tgt.shape[1] <= 12  # 2x3 .. 3x4 patches of a 7x7 grid
+        assert not set(ctx.tolist()) & set(tgt.flatten().tolist())
+        assert len(ctx) >= 4 and int(ctx.max()) < 49 and int(tgt.max()) < 49
+        rows, cols = tgt // 7, tgt % 7  # each target is a filled rectangle
+        sizes = (rows.amax(1) - rows.amin(1) + 1) * (cols.amax(1) - cols.amin(1) + 1)
+        assert torch.equal(sizes, torch.full((4,), tgt.shape[1]))
+    with pytest.raises(UnsupError, match="fewer than 60 context tokens"):
+        sample_masks(7, 4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0), 60, g)
+
+
+def test_ijepa_target_encoder_is_a_frozen_moving_average():
+    ij = make("ijepa")
+    assert all(not p.requires_grad for p in ij.encoder.parameters())
+    with torch.no_grad():
+        for p in ij.context_encoder.parameters():
+            p.add_(1.0)
+    w = ij.encoder.net.blocks[0].attn.qkv.weight
+    before = w.clone()
+    ij.after_step(1.0)  # momentum 1: unchanged
+    assert torch.equal(w, before)
+    ij.after_step(0.0)  # momentum 0.996: 0.4% of the way to the context encoder
+    assert torch.allclose(w - before, torch.full_like(w, 0.004), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mae", "ijepa"])
+def test_loss_decreases_on_a_fixed_batch(batch, name):
+    method = make(name)
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], 1e-3)
+    losses = []
+    for step in range(10):
+        torch.manual_seed(0)  # the same views and masks every step
+        loss, _ = method.training_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step(step / 10)
+        losses.append(float(loss.detach()))
+    assert all(np.isfinite(losses)) and np.mean(losses[-2:]) < 0.95 * losses[0], losses
+
+
+def test_masked_methods_need_a_vit():
+    with pytest.raises(UnsupError, match="mae masks patch tokens, so it needs a ViT: backbone=vit-tiny"):
+        make("mae", backbone="small-convnet", backbone_options={})
+
+
+# --- runs and export ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(fm_small, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("masked-runs")
+    out = {}
+    for name in ("mae", "ijepa"):
+        opts = {"batch_size": 32, "backbone_options": {**get_method(name).Config().backbone_options, **SHALLOW}}
+        out[name] = unsup.pretrain(name, data=fm_small, budget="64img", out=root / name, options=opts, quiet=True,
+                                   monitor=False, device="cpu")
+    return out
+
+
+def test_runs_save_and_load_the_trained_encoder(runs, batch):
+    for name, run in runs.items():
+        assert get_method(name).family == "masked"
+        desc = json.loads((run / "encoder.json").read_text())
+        assert desc["backbone"] == "vit-tiny" and desc["backbone_options"]["depth"] == 2 and desc["out_dim"] == 192
+        enc = unsup.load_encoder(run)
+        trained = torch.load(run / "checkpoint.pt", weights_only=True)["method"]  # the method as training left it
+        state = enc.state_dict()
+        assert all(torch.equal(state[k[len("encoder."):]], v) for k, v in trained.items() if k.startswith("encoder."))
+        with torch.no_grad():
+            f = enc(batch.float() / 255)
+        assert f.shape == (16, 192) and torch.isfinite(f).all()
+    assert (runs["mae"] / "figures" / "reconstructions.png").is_file() and (runs["ijepa"] / "figures" / "masks.png").is_file()
+
+
+def test_ijepa_run_resumes_with_its_target_encoder(runs, fm_small, tmp_path):
+    import shutil
+
+    run = shutil.copytree(runs["ijepa"], tmp_path / "ijepa")
+    opts = {"batch_size": 32, "backbone_options": {"pool": "avg", **SHALLOW}}
+    unsup.pretrain("ijepa", data=fm_small, budget="96img", out=run, options=opts, resume=True, quiet=True,
+                   figures=False, monitor=False, device="cpu")
+    done = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert done["event"] == "done" and done["images_seen"] == 96
+
+
+@pytest.mark.parametrize("name", ["mae", "ijepa"])
+def test_vit_export_round_trip(runs, batch, tmp_path, name):
+    import onnxruntime as ort
+    import timm
+    from safetensors.torch import load_file
+
+    run = runs[name]
+    x, x_odd = batch[:8].float() / 255, batch[8:11].float() / 255
+    enc = unsup.load_encoder(run)
+    with torch.no_grad():
+        want, want_odd = enc(x), enc(x_odd)
+
+    ts = torch.jit.load(str(export_encoder(run, "torchscript", tmp_path / "vit.pt")))
+    onnx_path = export_encoder(run, "onnx", tmp_path / "vit.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for xb, wb in ((x, want), (x_odd, want_odd)):
+            assert (ts(xb) - wb).abs().max() <= 1e-4
+            assert (torch.from_numpy(session.run(None, {"images": xb.numpy()})[0]) - wb).abs().max() <= 1e-4
+
+    out = export_encoder(run, "timm", tmp_path / "vit.safetensors")
+    meta = json.loads(sidecar(out).read_text())
+    pool = "token" if name == "mae" else "avg"
+    # the documented model, written out here rather than taken from the export
+    model = timm.create_model("vit_tiny_patch16_224", img_size=28, patch_size=4, in_chans=1, num_classes=0,
+                              global_pool=pool, class_token=pool == "token", depth=2)
+    model.load_state_dict(load_file(str(out)), strict=True)
+    model.eval()
+    mean, std = (torch.tensor(meta["normalisation"][k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        assert (model((x - mean) / std) - want).abs().max() <= 1e-4
+    assert any("vit_tiny_patch16_224" in line and f"global_pool={pool!r}" in line for line in meta["build"])
+    with pytest.raises(UnsupError, match="vit-tiny backbone is timm's VisionTransformer.*--format timm"):
+        export_encoder(run, "torchvision", tmp_path / "tv.safetensors")

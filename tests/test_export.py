@@ -147,7 +147,7 @@ def test_bad_requests_are_refused(runs, tmp_path):
     with pytest.raises(UnsupError, match="not a valid safetensors file"):
         export_encoder(broken, "torchscript", tmp_path / "d")
     (broken / "config.yaml").write_text("just: text\n")
-    with pytest.raises(UnsupError, match="not a run's config"):
+    with pytest.raises(UnsupError, match="config.yaml: 'method' must name a method"):
         export_encoder(broken, "torchscript", tmp_path / "e")
     assert not [n for n in "abcde" if (tmp_path / n).exists() or sidecar(tmp_path / n).exists()]
 

@@ -115,7 +115,7 @@ def pretrain(method: str, data="fashion-mnist", budget: str = "2m", out: str | P
         ctx = TrainContext(device=dev, run=run, quiet=quiet, resume=resume, compile=compile, seed=seed, monitor=mon, tensorboard=tensorboard,
                            desc=f"{method}", checkpoint_every=checkpoint_every)
         if resume:
-            ctx.resume_state()  # says so when there is no checkpoint; cuts metrics.jsonl back to it
+            ctx.resume_state(m)  # refuses another model's checkpoint; says so when there is none; cuts metrics.jsonl back
         shard = train
         if not cls.uses_gradients and dist.world_size() > 1:  # non-gradient fits see their shard only
             shard = train.subset(torch.arange(dist.rank(), len(train), dist.world_size()))

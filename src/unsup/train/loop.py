@@ -82,16 +82,25 @@ class TrainContext:
     def checkpoint_interval(self) -> Budget:
         return parse_interval(self.checkpoint_every)
 
-    def resume_state(self) -> dict | None:
+    def resume_state(self, method=None) -> dict | None:
         """The checkpoint to resume from (loaded once), or None: not resuming, or none written yet, which
         is said in one line (the run starts from the beginning). ``metrics.jsonl`` is cut back to the
-        records written up to that checkpoint (all of them go when there is none)."""
+        records written up to that checkpoint (all of them go when there is none), after the checkpoint
+        was found to fit ``method`` (when given): a refused checkpoint leaves the folder as it was."""
         if self._resume_loaded:
             return self._resume_state
-        self._resume_loaded = True
         if not self.resume or self.run is None:
+            self._resume_loaded = True
             return None
         state = self.run.load_checkpoint()
+        if state is not None and method is not None and isinstance(state.get("method"), dict):
+            mine = {k: tuple(v.shape) for k, v in method.state_dict().items()}
+            theirs = {k: tuple(v.shape) for k, v in state["method"].items() if isinstance(v, torch.Tensor)}
+            if mine != theirs:
+                odd = sorted(set(mine.items()) ^ set(theirs.items()))[:1]
+                raise UnsupError(f"{self.run.file('checkpoint.pt')}: not a checkpoint of this run's model "
+                                 f"(e.g. {odd[0][0] if odd else '?'} differs); delete it or pass --overwrite")
+        self._resume_loaded = True
         if dist.is_main():
             if state is None:
                 print(f"unsup: --resume: no checkpoint in {self.run.path} yet; starting from the beginning", file=sys.stderr)

@@ -98,7 +98,7 @@ def test_sigterm_writes_a_checkpoint_and_stops_in_one_line(fm_small, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(out / ".lock", proc)
     end = time.time() + 120
-    while not RunDir(out).metrics() and time.time() < end:  # training has begun: its first record is out
+    while not any("loss" in r for r in RunDir(out).metrics()) and time.time() < end:  # training has begun: its first loss is out
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

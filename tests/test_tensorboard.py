@@ -80,5 +80,5 @@ def test_show_draws_curves_and_skips_a_garbage_line(fm_small, tmp_path, capsys):
     png.unlink()
     assert main(["show", str(run.path)]) == 0
     err = capsys.readouterr().err
-    assert f"metrics.jsonl:{len(lines) + 1}: not a JSON object, skipped" in err and "Traceback" not in err
+    assert f"metrics.jsonl: 1 line(s) not a JSON object (line {len(lines) + 1}), skipped" in err and "Traceback" not in err
     assert png.is_file()

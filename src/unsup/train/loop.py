@@ -390,11 +390,11 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
     start = time.perf_counter() - elapsed
     logged_images, logged_seconds = images_seen, elapsed  # throughput since the previous record
     logs: dict = last_logs
-    if ctx.monitor is not None and state is None:  # the starting point of time-to-accuracy, before any step
-        ctx.monitor(method.encoder, step, images_seen, elapsed, ctx)
-        start = time.perf_counter() - elapsed
     done = budget.done(images_seen, elapsed)
     with StopSignals() as stop:
+        if ctx.monitor is not None and state is None:  # the starting point of time-to-accuracy, before any step
+            ctx.monitor(method.encoder, step, images_seen, elapsed, ctx)
+            start = time.perf_counter() - elapsed
         while not done:
             if batch_in_epoch == 0:
                 method.on_epoch_start(data, epoch)

@@ -120,3 +120,10 @@ def test_encoder_round_trip_and_bad_weights(fm_small, tmp_path):
     (out / "encoder.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(UnsupError, match="safetensors"):
         unsup.load_encoder(out)
+
+
+def test_monitor_interval_follows_a_short_time_budget():
+    from unsup.api import monitor_interval
+
+    assert monitor_interval(parse_budget("60s")) == 15.0 and monitor_interval(parse_budget("10m")) == 60.0
+    assert monitor_interval(parse_budget("20s")) == 10.0 and monitor_interval(parse_budget("100k")) == 60.0

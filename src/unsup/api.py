@@ -113,7 +113,7 @@ def pretrain(method: str, data="fashion-mnist", budget: str = "2m", out: str | P
         mon_data = train.monitor_data() if hasattr(train, "monitor_data") else train  # video: labelled stills
         mon = KnnMonitor(mon_data, seed=seed) if (monitor and mon_data is not None and mon_data.labels is not None) else None
         ctx = TrainContext(device=dev, run=run, quiet=quiet, resume=resume, compile=compile, seed=seed, monitor=mon, tensorboard=tensorboard,
-                           desc=f"{method}", checkpoint_every=checkpoint_every)
+                           desc=f"{method}", checkpoint_every=checkpoint_every, monitor_every=monitor_interval(budget_))
         if resume:
             ctx.resume_state(m)  # refuses another model's checkpoint; says so when there is none; cuts metrics.jsonl back
         shard = train
@@ -156,6 +156,13 @@ def features(encoder: torch.nn.Module, images, device: str = "auto", batch_size:
     from .evaluate.features import extract_features
 
     return extract_features(encoder.eval(), as_dataset(images).images, resolve_device(device), batch_size).numpy()
+
+
+def monitor_interval(budget) -> float:
+    """Seconds between k-NN monitor runs: every minute, or a quarter of a shorter time budget (at least
+    10 s), so the time-to-accuracy curve of a short run has points between its start and its end. The
+    monitor's own time is not counted in the budget."""
+    return max(10.0, min(60.0, budget.value / 4)) if budget.kind == "seconds" else 60.0
 
 
 def validation_split(train, share: float = 1 / 6, seed: int = 0):

@@ -27,3 +27,24 @@ def fm_small(tmp_path_factory) -> str:
     np.savez(out, images=tr.images[i, 0].numpy(), labels=tr.labels[i].numpy(),
              test_images=te.images[j, 0].numpy(), test_labels=te.labels[j].numpy())
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def fm_tiny(tmp_path_factory) -> str:
+    """300 training (30 per class) and 200 test (20 per class) images of
+    Fashion-MNIST: enough for 10 labels per class, small enough that a probe
+    and a t-SNE figure take a second."""
+    from unsup.data import load
+
+    def balanced(ds, per_class: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        p = torch.randperm(len(ds), generator=g)
+        idx = torch.cat([p[ds.labels[p] == c][:per_class] for c in range(10)])
+        return idx[torch.randperm(len(idx), generator=g)]
+
+    out = tmp_path_factory.mktemp("data") / "fm-tiny.npz"
+    tr, te = load("fashion-mnist", "train"), load("fashion-mnist", "test")
+    i, j = balanced(tr, 30, 0), balanced(te, 20, 1)
+    np.savez(out, images=tr.images[i, 0].numpy(), labels=tr.labels[i].numpy(),
+             test_images=te.images[j, 0].numpy(), test_labels=te.labels[j].numpy())
+    return str(out)

@@ -201,7 +201,7 @@ def _v5_result(method, linear, knn, rnd, raw, seeds=(0,), **extra):
     refs = res["references"]
     refs["raw_pixels"] = _rows("linear", raw) + _rows("knn", raw)
     refs["random_encoder"] = [dict(r, inits=5) for r in refs["random_encoder"]]
-    refs["supervised_note"] = "shipped with the package, made by `python benchmarks/references.py`"
+    refs["shipped_note"] = "supervised: shipped with the package, made by `python benchmarks/references.py`"
     res.update(pretrain_seeds=list(seeds), all_labels_per_class=6000, pretrain_seconds=100.0, probe_seconds=20.0, **extra)
     return res
 

@@ -25,8 +25,10 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, images: torch.Tensor, device=None, batch_size: int | None = None,
-                     progress=None) -> torch.Tensor:
-    """``(N, C, H, W)`` uint8 -> ``(N, D)`` float32 on the CPU; ``progress``, a
+                     progress=None, keep_on_device: bool = False) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 -> ``(N, D)`` float32 on the CPU, or, with
+    ``keep_on_device``, on the device that computed them (the probe's k-NN and
+    linear fits run there: no round trip through the host); ``progress``, a
     tqdm bar, advances by the images done."""
     device = torch.device(device) if device is not None else next(encoder.parameters(), torch.empty(0)).device
     # on a CPU, batches of 256 stay in cache (measured 1.4x faster than 1024 for the small convnet)
@@ -37,7 +39,8 @@ def extract_features(encoder: nn.Module, images: torch.Tensor, device=None, batc
     for i in range(0, len(images), batch_size):
         x = to_float(images[i : i + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(net(x).float().flatten(1).cpu())
+            f = net(x).float().flatten(1)
+            out.append(f if keep_on_device else f.cpu())
         if progress is not None:
             progress.update(len(x))
     return torch.cat(out)

@@ -55,13 +55,16 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, 
 
 
 def _folds(y: torch.Tensor, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cross-validation folds of ``y``'s positions, drawn on the CPU (the same
+    folds whatever device the features are on), returned on ``y``'s device."""
+    device, y = y.device, y.cpu()
     counts = torch.bincount(y)
     least = int(counts[counts > 0].min())
     g = torch.Generator().manual_seed(seed)
     if len(y) > 5000:  # a large labelled set: one stratified 10% hold-out is enough
         perm = torch.randperm(len(y), generator=g)
         cut = len(y) // 10
-        return [(perm[cut:], perm[:cut])]
+        return [(perm[cut:].to(device), perm[:cut].to(device))]
     k = min(5, least)
     if k < 2:
         return []
@@ -70,14 +73,16 @@ def _folds(y: torch.Tensor, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]
         idx = torch.nonzero(y == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         fold_of[idx] = torch.arange(len(idx)) % k
-    return [(torch.nonzero(fold_of != f).flatten(), torch.nonzero(fold_of == f).flatten()) for f in range(k)]
+    return [(torch.nonzero(fold_of != f).flatten().to(device), torch.nonzero(fold_of == f).flatten().to(device))
+            for f in range(k)]
 
 
 def choose_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, seed: int = 0) -> float:
+    y = y.to(x.device)
     if len(y) > CV_SUBSET:
         # search on a random subset; the loss is a mean over images, so keeping
         # the total penalty n * l2 (the prior's strength) means l2 * subset / n
-        sub = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:CV_SUBSET]
+        sub = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:CV_SUBSET].to(x.device)
         return choose_l2(x[sub], y[sub], num_classes, seed) * CV_SUBSET / len(y)
     folds = _folds(y, seed)
     if not folds:
@@ -120,7 +125,9 @@ def row_space(train_x: torch.Tensor, test_x: torch.Tensor) -> tuple[torch.Tensor
 
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, seed: int = 0) -> tuple[float, float]:
     """Accuracy on the test features and the chosen L2 strength. Features must
-    already be standardised (see ``protocol``)."""
+    already be standardised (see ``protocol``). The fits run on the features'
+    device."""
+    train_y, test_y = train_y.to(train_x.device), test_y.to(test_x.device)
     train_x, test_x = row_space(train_x, test_x)
     with threads_for(train_x.numel()):
         l2 = choose_l2(train_x, train_y, num_classes, seed)

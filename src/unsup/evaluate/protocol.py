@@ -86,19 +86,20 @@ def _row(n, classifier: str, accs: list[float], seeds: list[int], **extra) -> di
 
 def _probe_draw(train_s, train_f, train_y, test_s, test_f, test_y, num_classes: int, n, seed: int) -> tuple[float, float, float]:
     """(linear accuracy, its L2, k-NN accuracy) for one label draw."""
-    idx = few_label_indices(train_y, n, seed)
+    idx = few_label_indices(train_y, n, seed).to(train_f.device)
     acc, l2 = linear_probe_accuracy(train_s[idx], train_y[idx], test_s, test_y, num_classes, seed=seed)
     return acc, l2, knn_accuracy(train_f[idx], train_y[idx], test_f, test_y, num_classes, k=min(20, len(idx)))
 
 
 def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                       num_classes: int, budgets=DEFAULT_BUDGETS, seeds: int = 3, progress: str | None = None) -> list[dict]:
-    """k-NN and linear-probe rows for precomputed features.
+    """k-NN and linear-probe rows for precomputed features, computed on the
+    device the features are on.
 
-    The small label budgets' draws are independent fits too small to use two
-    cores each, so they run side by side, one thread each (the same results as
-    one after another); the large ones (all labels) use every thread."""
-    train_y, test_y = train_y.cpu(), test_y.cpu()
+    On the CPU, the small label budgets' draws are independent fits too small
+    to use two cores each, so they run side by side, one thread each (the same
+    results as one after another); the large ones (all labels) use every thread."""
+    train_y, test_y = train_y.to(train_f.device), test_y.to(test_f.device)
     # standardise with statistics of the whole (unlabelled) training split
     mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
     train_s, test_s = (train_f - mu) / sd, (test_f - mu) / sd
@@ -113,7 +114,7 @@ def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torc
             b.update(1)
             return result
 
-        if threads > 1 and len(small) > 1:
+        if threads > 1 and len(small) > 1 and train_f.device.type == "cpu":
             torch.set_num_threads(1)
             try:
                 with ThreadPoolExecutor(min(threads, len(small))) as pool:
@@ -138,8 +139,8 @@ def probe(encoder, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device=
 
     train, test = as_dataset(train, name="train"), as_dataset(test, name="test")
     with bar(progress and f"{progress}: features", len(train) + len(test), "img") as b:
-        tf = extract_features(encoder, train.images, device, progress=b)
-        sf = extract_features(encoder, test.images, device, progress=b)
+        tf = extract_features(encoder, train.images, device, progress=b, keep_on_device=True)
+        sf = extract_features(encoder, test.images, device, progress=b, keep_on_device=True)
     return evaluate_features(tf, train.labels, sf, test.labels, train.num_classes, budgets, seeds, progress)
 
 
@@ -148,10 +149,14 @@ def _data_key(train, test) -> dict:
             "labels": hashlib.sha256(train.labels.cpu().numpy().tobytes()).hexdigest()[:16]}
 
 
+def raw_pixel_key(train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> dict:
+    return {"kind": "raw-pixels", **_data_key(train, test), "budgets": list(budgets), "seeds": seeds,
+            "linear_probe": LINEAR_SOLVER}
+
+
 def raw_pixel_rows(train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, progress: str | None = None) -> list[dict]:
     """The raw-pixel reference (cached: it is the same for every method)."""
-    key = {"kind": "raw-pixels", **_data_key(train, test), "budgets": list(budgets), "seeds": seeds,
-           "linear_probe": LINEAR_SOLVER}
+    key = raw_pixel_key(train, test, budgets, seeds)
     return cached(key, lambda: evaluate_features(raw_pixels(train.images), train.labels, raw_pixels(test.images),
                                                  test.labels, train.num_classes, budgets, seeds, progress))
 
@@ -204,6 +209,21 @@ def _weights_digest(modules) -> str:
     return h.hexdigest()[:20]
 
 
+def random_encoders(method, inits: int = RANDOM_INITS) -> list:
+    """The reference's encoders: ``method.random_encoder()`` under seeds 10_000 + i."""
+    encoders = []
+    for i in range(inits):
+        torch.manual_seed(10_000 + i)
+        encoders.append(method.random_encoder())
+    return encoders
+
+
+def random_encoder_key(encoders, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> dict:
+    return {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(encoders[0]),
+            "weights": _weights_digest(encoders), "budgets": list(budgets), "seeds": seeds, "inits": len(encoders),
+            "linear_probe": LINEAR_SOLVER}
+
+
 def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu",
                         inits: int = RANDOM_INITS, progress: str | None = None) -> list[dict]:
     """The random-weights reference over ``inits`` initialisations of the method's
@@ -211,13 +231,8 @@ def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int
     methods sharing a backbone share one reference, and a random encoder that
     depends on learned parts (k-means' whitening) is recomputed only when they
     change."""
-    encoders = []
-    for i in range(inits):
-        torch.manual_seed(10_000 + i)
-        encoders.append(method.random_encoder())
-    key = {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(encoders[0]),
-           "weights": _weights_digest(encoders), "budgets": list(budgets), "seeds": seeds, "inits": inits,
-           "linear_probe": LINEAR_SOLVER}
+    encoders = random_encoders(method, inits)
+    key = random_encoder_key(encoders, train, test, budgets, seeds)
     return cached(key, lambda: merge_rows([probe(e.to(device), train, test, budgets, seeds, device,
                                                  progress and f"{progress} {i + 1}/{inits}") for i, e in enumerate(encoders)], "init"))
 

@@ -266,12 +266,14 @@ class Method(nn.Module):
         """``make(params)`` builds the configured optimiser."""
         return [make([p for p in self.parameters() if p.requires_grad])]
 
-    def training_step(self, images: torch.Tensor, optimizers, backward) -> dict[str, float]:
+    def training_step(self, images: torch.Tensor, optimizers, backward) -> dict[str, float | torch.Tensor]:
         """One step; ``backward(loss, optimizer)`` does backward, gradient
-        averaging across processes and the optimiser step."""
+        averaging across processes and the optimiser step. Logs are floats or
+        0-d tensors; the loss stays a tensor on the device (reading it would
+        wait for the device every step: the loop reads logs every few steps)."""
         loss, logs = self.training_loss(*images) if self.uses_labels else self.training_loss(images)
         backward(loss, optimizers[0])
-        return {"loss": float(loss.detach()), **logs}
+        return {"loss": loss.detach(), **logs}
 
     def after_step(self, progress: float) -> None:
         """Called after each step with progress in [0, 1] (momentum encoders)."""

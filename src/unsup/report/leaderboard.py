@@ -6,7 +6,7 @@ Input: a list of per-method results, each a dict with keys ``method``,
 ``linear``/``knn``, ``accuracy_mean``, ``accuracy_std``, ``seeds``,
 ``accuracies``), ``references`` (``raw_pixels``, ``random_encoder``,
 ``supervised``; supervised rows have classifier ``supervised``; optional
-``supervised_note``), and optionally ``figures`` (paths relative to
+``shipped_note``), and optionally ``figures`` (paths relative to
 ``run_dir``), ``run_dir``, ``all_labels_per_class`` (the real number of labels
 per class behind ``"all"``, used to place ``"all"`` on the curves' x axis),
 ``pretrain_seeds``, ``pretrain_seconds``, ``probe_seconds``, ``metrics``
@@ -437,10 +437,10 @@ def legend(table: Table, results: list[dict]) -> list[str]:
                      "not within the budget; \u2014: the method has no monitor. The monitor's own time is not counted.")
     notes = []
     for res in results:
-        note = _refs(res).get("supervised_note")
+        note = _refs(res).get("shipped_note")
         if note and str(note) not in notes:
             notes.append(str(note))
-    lines += [f"Supervised reference: {n}" for n in notes]
+    lines += [f"References {n}" for n in notes]
     return lines
 
 

@@ -21,6 +21,11 @@ line). Before writing, every parameter, buffer and optimiser tensor is checked
 to be finite; a loss that is not finite, exceeds ``LOSS_LIMIT``, or (with
 several optimisers: GANs) sits at exactly 0 for ``ZERO_LOSS_STEPS`` steps
 stops the run with one line that names the kept checkpoint and the fix.
+
+The step loop does not wait for the device: losses stay there as 0-d tensors
+and are read (and checked, step by step) every ``log_every`` steps, before a
+checkpoint is taken or committed, at a stop and at the end; the batch order is
+drawn on the device.
 """
 
 from __future__ import annotations
@@ -295,13 +300,44 @@ class _Divergence:
 
 
 def _batches(n: int, batch: int, seed: int, epoch: int, device):
-    """Index batches for one pass; the same order on every process. A set
-    smaller than a batch is repeated to fill it (tiny labelled subsets)."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    """Index batches for one pass, drawn on ``device`` (no host round trip per batch); the same order on
+    every process (of one device kind and model). A set smaller than a batch is repeated to fill it (tiny
+    labelled subsets)."""
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
     reps = max(1, math.ceil(batch / n))
-    perm = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+    perm = torch.cat([torch.randperm(n, generator=g, device=device) for _ in range(reps)])
     for i in range(0, len(perm) - batch + 1, batch):
-        yield perm[i : i + batch].to(device)
+        yield perm[i : i + batch]
+
+
+class _StepLogs:
+    """The logs of the steps since the last read, as they came: 0-d tensors stay on the device, since
+    reading one is a host sync. ``read`` fetches them all in one transfer (every ``log_every`` steps,
+    before a checkpoint, at a stop and at the end) and checks each step's values in order, so a bad
+    loss is reported with the step that made it."""
+
+    def __init__(self, divergence: _Divergence, ctx: TrainContext, cfg):
+        self.divergence, self.ctx, self.cfg = divergence, ctx, cfg
+        self.steps: list[tuple[int, int, dict]] = []
+
+    def add(self, logs: dict, step: int, images_seen: int) -> None:
+        self.steps.append((step, images_seen, {k: v.detach() if isinstance(v, torch.Tensor) else v
+                                               for k, v in logs.items()}))
+
+    def read(self) -> dict | None:
+        """The last step's logs as Python numbers after every buffered step passed the divergence check;
+        None when no step came since the last read."""
+        if not self.steps:
+            return None
+        steps, self.steps = self.steps, []
+        tensors = [v for _, _, logs in steps for v in logs.values() if isinstance(v, torch.Tensor) and v.dim() == 0]
+        values = iter(torch.stack([t.to(self.ctx.device, torch.float64) for t in tensors]).tolist() if tensors else [])
+        out = {}
+        for step, images_seen, logs in steps:
+            out = {k: next(values) if isinstance(v, torch.Tensor) and v.dim() == 0 else v for k, v in logs.items()}
+            self.divergence.check(out, step, images_seen, self.ctx, self.cfg)
+        return out
 
 
 def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
@@ -335,10 +371,12 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
             raise UnsupError(f"{ctx.run.file('checkpoint.pt')}: not a checkpoint of this run's model "
                              f"({str(e).splitlines()[0][:120]}); delete it or pass --overwrite") from None
         for opt, s in zip(optimizers, state["optimizers"]):
-            base = [g.get("base_lr", g["lr"]) for g in opt.param_groups]
+            # this run's rate (a resume may lower it) and kernels (a CUDA run's fused flag fails on a CPU)
+            mine = [{k: g[k] for k in ("foreach", "fused") if k in g} | {"base_lr": g.get("base_lr", g["lr"])}
+                    for g in opt.param_groups]
             opt.load_state_dict(s)
-            for g, lr in zip(opt.param_groups, base):  # the rate of this run's config: a resume may lower it
-                g["base_lr"] = lr
+            for g, keep in zip(opt.param_groups, mine):
+                g.update(keep)
         step, images_seen, elapsed, epoch = state["step"], state["images_seen"], state["seconds"], state["epoch"]
         batch_in_epoch = state.get("batch", 0)
         if batch_in_epoch:  # mid-epoch: redo what the epoch's start set up that the state misses (data-derived)
@@ -355,6 +393,10 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
         if dist.is_main() and not ctx.quiet:
             print(f"resuming from step {step} ({images_seen} images seen, {elapsed:.0f}s)")
     interval = Interval(every, images_seen, elapsed)
+    step_logs = _StepLogs(divergence, ctx, cfg)
+    # shards are read from disk by index: their batch order is drawn on the host, where the reader needs it
+    order_on = torch.device("cpu") if hasattr(data.images, "prefetch") else device
+    committing = False  # a deferred checkpoint waits for the next step's losses
 
     def backward(loss, opt):
         opt.zero_grad(set_to_none=True)
@@ -369,7 +411,15 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
         for module in method.children():
             module.compile()
 
+    def read_logs() -> None:
+        nonlocal logs
+        got = step_logs.read()
+        if got is not None:
+            logs = got
+
     def checkpoint(defer: bool = False):
+        nonlocal committing
+        read_logs()  # the losses up to here pass the check before their weights are saved
         weights = {f"method.{k}": v for k, v in method.named_parameters()}
         others = {f"method.{k}": v for k, v in method.named_buffers()}
         for i, opt in enumerate(optimizers):
@@ -382,6 +432,7 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
                         "monitor": {"seconds": monitor_at, "history": list(getattr(ctx.monitor, "history", [])),
                                     "raw_pixels": getattr(ctx.monitor, "raw_pixels", None)}},
                        weights, others, _lr_advice(cfg), defer)
+        committing = defer
         interval.mark(images_seen, elapsed)
 
     total = budget.value
@@ -398,7 +449,7 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
         while not done:
             if batch_in_epoch == 0:
                 method.on_epoch_start(data, epoch)
-            batches = _batches(len(data), cfg.batch_size, ctx.seed, epoch, device)
+            batches = _batches(len(data), cfg.batch_size, ctx.seed, epoch, order_on)
             mine = (idx[rank * local : (rank + 1) * local] for idx in itertools.islice(batches, batch_in_epoch, None))
             for idx in prefetched(mine, data.images):  # a resumed epoch skips the batches it did; shards read ahead
                 images = data.images[idx]
@@ -406,20 +457,25 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
                 set_lr(optimizers, lr_factor(progress, cfg.warmup, cfg.schedule))
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     if method.uses_labels:
-                        logs = step_fn((images, data.labels[idx]), optimizers, backward)
+                        step_logs.add(step_fn((images, data.labels[idx]), optimizers, backward), step, images_seen)
                     else:
-                        logs = step_fn(images, optimizers, backward)
-                divergence.check(logs, step, images_seen, ctx, cfg)
-                ctx.commit()  # this step's losses were computed with the weights a deferred checkpoint holds
+                        step_logs.add(step_fn(images, optimizers, backward), step, images_seen)
+                if committing:  # this step's losses were computed with the weights the deferred checkpoint holds
+                    read_logs()
+                    ctx.commit()
+                    committing = False
                 method.after_step(progress)
                 step += 1
                 batch_in_epoch += 1
                 images_seen += cfg.batch_size
+                log_point = step % ctx.log_every == 0
+                if log_point:
+                    read_logs()  # waits for the device, so the time taken below includes its queued work
                 now = time.perf_counter()
                 new_elapsed = now - start
                 bar.update(max(0.0, min(cfg.batch_size if budget.kind == "images" else new_elapsed - elapsed, total - bar.n)))
                 elapsed = new_elapsed
-                if step % ctx.log_every == 0:
+                if log_point:
                     bar.set_postfix(loss=f"{logs['loss']:.4f}")
                     images_per_s = (images_seen - logged_images) / max(elapsed - logged_seconds, 1e-9)
                     logged_images, logged_seconds = images_seen, elapsed
@@ -432,10 +488,15 @@ def train_loop(method, data, budget: Budget | str, ctx: TrainContext) -> dict:
                     monitor_at = elapsed
                 done = budget.done(images_seen, elapsed)
                 stopping = stop.name is not None
-                if world > 1:  # all processes stop on the same step (a time budget, a signal to one of them)
-                    flag = torch.tensor([float(done), float(stopping)], device=device)
-                    flag = dist.all_reduce_sum(flag)
-                    done, stopping = bool(flag[0].item() > 0), bool(flag[1].item() > 0)
+                if world > 1:
+                    # all processes stop on the same step (a time budget, a signal to one of them); agreeing is a
+                    # host sync, so it happens at log points and at an image budget's end (the same step everywhere)
+                    if log_point or (done and budget.kind == "images"):
+                        flag = torch.tensor([float(done), float(stopping)], device=device)
+                        flag = dist.all_reduce_sum(flag).tolist()
+                        done, stopping = flag[0] > 0, flag[1] > 0
+                    else:
+                        done = stopping = False
                 if stopping:
                     checkpoint()
                     bar.close()

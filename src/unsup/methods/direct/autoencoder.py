@@ -118,11 +118,11 @@ class AutoencoderBase(Method):
         x = to_float(images)
         logits, code = self.reconstruct(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").sum((1, 2, 3)).mean()
-        logs = {"mse": float(F.mse_loss(torch.sigmoid(logits.detach().float()), x))}
+        logs = {"mse": F.mse_loss(torch.sigmoid(logits.detach().float()), x)}
         if self.cfg.sparsity_target > 0:
             kl = kl_sparsity(code, self.cfg.sparsity_target)
             loss = loss + self.cfg.sparsity_weight * kl
-            logs.update(kl=float(kl.detach()), mean_activation=float(code.detach().float().mean()))
+            logs.update(kl=kl.detach(), mean_activation=code.detach().float().mean())
         return loss, logs
 
     @torch.no_grad()

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from ..base import Method
 
 
-def spread(z: torch.Tensor) -> float:
+def spread(z: torch.Tensor) -> torch.Tensor:
     """The standard deviation over the batch of the L2-normalised embeddings,
     times sqrt(D): about 1 for embeddings spread over the sphere, 0 for a
-    collapsed (constant) output; the collapse check of SimSiam's figure 2."""
+    collapsed (constant) output; the collapse check of SimSiam's figure 2.
+    A 0-d tensor: the loop reads logs back to the host only when it logs."""
     z = F.normalize(z.detach().float(), dim=1)
-    return float(z.std(0).mean() * z.shape[1] ** 0.5)
+    return z.std(0).mean() * z.shape[1] ** 0.5
 
 
 class JointMethod(Method):

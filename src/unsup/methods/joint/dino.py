@@ -105,7 +105,7 @@ class DINO(JointMethod):
         self.encoder = copy.deepcopy(self.student)
         self.teacher_head = momentum_copy(self.student_head)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
-        self.register_buffer("progress", torch.zeros(()))  # share of the budget spent; checkpointed for resume
+        self.progress = 0.0  # share of the budget spent: a plain attribute (no device read), checkpointed for resume
         self.global_cfgs = view_configs(cfg.augment, 2, blur_prob=cfg.global_blur, solarize=cfg.global_solarize)
         self.local_cfg = dataclasses.replace(cfg.augment, crop_scale=cfg.local_scale, blur_prob=cfg.local_blur, solarize=0.0)
 
@@ -121,7 +121,7 @@ class DINO(JointMethod):
 
     def training_loss(self, images):
         cfg = self.cfg
-        progress = float(self.progress)
+        progress = self.progress
         self.student_head.last_layer.weight.requires_grad_(progress >= cfg.freeze_last_layer)
         crops = multi_crop(images, self.global_cfgs, self.local_cfg, n_local=cfg.n_local, local_size=cfg.local_size)
         globals_ = torch.cat(crops[:2])
@@ -135,13 +135,13 @@ class DINO(JointMethod):
         loss = dino_loss(student, list(teacher.chunk(2)), self.center, cfg.student_temp, temp)
         with torch.no_grad():
             p = torch.softmax((teacher - self.center) / temp, dim=1)
-            entropy = float(-(p * p.clamp(min=1e-12).log()).sum(1).mean())
+            entropy = -(p * p.clamp(min=1e-12).log()).sum(1).mean()
             self.center.copy_(dino_center(self.center, teacher, cfg.center_momentum))
         # the paper's collapse diagnostics (figure 7): the loss is the targets' entropy plus the KL to them
-        return loss, {"teacher_entropy": entropy, "kl": float(loss.detach()) - entropy, "spread": spread(features)}
+        return loss, {"teacher_entropy": entropy, "kl": loss.detach() - entropy, "spread": spread(features)}
 
     def after_step(self, progress: float) -> None:
         m = cosine_momentum(self.cfg.momentum_base, progress)
         ema_update(self.encoder, self.student, m)
         ema_update(self.teacher_head, self.student_head, m)
-        self.progress.fill_(progress)
+        self.progress = progress

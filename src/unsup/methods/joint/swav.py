@@ -88,7 +88,7 @@ class SwAV(JointMethod):
         self.projector = projection_mlp(self.encoder.out_dim, cfg.proj_hidden, cfg.proj_dim)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.prototypes, bias=False)
         self.normalize_prototypes()
-        self.register_buffer("progress", torch.zeros(()))  # share of the budget spent; checkpointed for resume
+        self.progress = 0.0  # share of the budget spent: a plain attribute (no device read), checkpointed for resume
         if cfg.queue_length:
             self.register_buffer("queue", torch.zeros(2, cfg.queue_length, cfg.proj_dim))
             self.register_buffer("queued", torch.zeros((), dtype=torch.long))  # embeddings in the queue so far
@@ -126,7 +126,7 @@ class SwAV(JointMethod):
 
     def training_loss(self, images):
         cfg = self.cfg
-        progress = float(self.progress)
+        progress = self.progress
         self.prototypes.weight.requires_grad_(progress >= cfg.freeze_prototypes)
         crops = multi_crop(images, cfg.augment, self.local_cfg, n_local=cfg.n_local, local_size=cfg.local_size)
         # one backbone pass per resolution, locals first so the batch-norm running statistics end on the global
@@ -143,4 +143,4 @@ class SwAV(JointMethod):
 
     def after_step(self, progress: float) -> None:
         self.normalize_prototypes()
-        self.progress.fill_(progress)
+        self.progress = progress

@@ -55,5 +55,5 @@ class VICReg(JointMethod):
         z1, z2 = self.projector(self.encoder(x)).chunk(2)
         inv, var, cov = vicreg_terms(z1, z2, cfg.eps)
         loss = cfg.sim_coeff * inv + cfg.std_coeff * var + cfg.cov_coeff * cov
-        return loss, {"invariance": float(inv.detach()), "variance": float(var.detach()), "covariance": float(cov.detach()),
+        return loss, {"invariance": inv.detach(), "variance": var.detach(), "covariance": cov.detach(),
                       "spread": spread(z1)}

@@ -4,6 +4,7 @@ few-label splits and batched augmentation."""
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 
@@ -476,6 +477,19 @@ def test_gaussian_blur_per_sample_sigma():
     for shape in ((2, 1, 2, 2), (2, 1, 1, 5)):  # the kernel shrinks to fit tiny images
         assert gaussian_blur(torch.rand(shape), torch.tensor([1.0, 1.0])).shape == shape
 
+
+
+def test_gaussian_blur_matches_torchvision_per_sample():
+    """Each sample equals torchvision's blur with that sample's sigma (same kernel size, reflected borders)."""
+    from torchvision.transforms.v2.functional import gaussian_blur as tv_blur
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 20, 17)
+    sigma = torch.tensor([0.3, 1.0, 1.9])
+    out = gaussian_blur(x, sigma)
+    k = 2 * math.ceil(2 * 1.9) + 1  # one kernel size for the batch, from its largest sigma
+    for i in range(3):
+        torch.testing.assert_close(out[i], tv_blur(x[i], [k, k], [float(sigma[i])] * 2), atol=1e-5, rtol=0)
 
 def test_augment_uint8_rgb():
     torch.manual_seed(0)

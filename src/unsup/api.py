@@ -386,8 +386,9 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
         results.append(result)
         if not quiet:
             print(format_rows(result), flush=True)
-        report(results)  # after each entry, so a long bench shows its progress
-    report(results)  # the whole plan, also when every entry was reused
+        if k < len(plan.entries):
+            report(results)  # after each entry, so a long bench shows its progress
+    report(results)  # the whole plan, once, also when every entry was reused
     return results
 
 

@@ -60,10 +60,11 @@ def test_plan_validation_and_floors():
     plan = parse_plan({"budget": "1000", "entries": ["kmeans", {"method": "rotation", "name": "rot-2", "seeds": [0, 1],
                                                                "floors": {"linear@10": ">= 0.5", "gabor_share": ">= 0.2"}}]})
     assert [e.name for e in plan.entries] == ["kmeans", "rot-2"] and plan.entries[1].seeds == [0, 1]
+    assert plan.supervised and not parse_plan({"entries": ["kmeans"], "supervised": False}).supervised
     bad = [({"entries": []}, "non-empty"), ({"entries": ["kmeans"], "budgets": 3}, "unknown key"),
            ({"entries": [{"method": "nope"}]}, "nope"), ({"entries": ["kmeans", "kmeans"]}, "used twice"),
            ({"entries": [{"method": "kmeans", "floors": {"x": "about 3"}}]}, "bad rule"),
-           ({"entries": ["kmeans"], "split": "train"}, "split"), ({"entries": [{"method": "kmeans", "options": {"k": 3}}]}, "entry 1: unknown option"), ({"entries": [{"method": "kmeans", "seeds": 3}]}, "seeds")]
+           ({"entries": ["kmeans"], "split": "train"}, "split"), ({"entries": ["kmeans"], "supervised": "no"}, "supervised must be true or false"), ({"entries": [{"method": "kmeans", "options": {"k": 3}}]}, "entry 1: unknown option"), ({"entries": [{"method": "kmeans", "seeds": 3}]}, "seeds")]
     for raw, words in bad:
         with pytest.raises(UnsupError, match=words):
             parse_plan(raw)
@@ -140,6 +141,21 @@ def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, cap
     assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--labels", "1,10"]) == 0
     assert capsys.readouterr().out.count("reusing") == 2
     assert Path(probe_run.__module__.replace(".", "/")).name == "api"
+
+
+def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a plan with supervised: false trained the supervised reference")
+
+    monkeypatch.setattr(supervised, "supervised_references", refuse)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsplit: validation\nsupervised: false\n"
+                    "entries:\n  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n")
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    result = json.loads((out / "results.json").read_text())["results"][0]
+    assert not result["references"].get("supervised") and result["spec"]["supervised"] is False
+    assert result["references"]["random_encoder"] and (out / "report.html").is_file()
 
 
 def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_small, tmp_path):

@@ -350,6 +350,8 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
         path = out / "results" / f"{entry.name}.json"
         spec = {**entry.spec(), "labels": [str(b) for b in plan.labels], "label_seeds": plan.label_seeds,
                 "split": plan.split, "family_metrics": plan.family_metrics, "protocol": PROTOCOL_VERSION}
+        if not plan.supervised:  # only when off, so results written before the key existed are still reused
+            spec["supervised"] = False
         old = _earlier_result(path) if path.is_file() and not fresh else None
         if old is not None and old.get("spec") == spec:
             if not quiet:
@@ -370,7 +372,7 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
             if not quiet:
                 print(f"== [{k}/{len(plan.entries)}] {entry.name}: probing ({t1 - t0:.0f} s pretraining)", flush=True)
             res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split,
-                            family_metrics=plan.family_metrics)
+                            family_metrics=plan.family_metrics, supervised=plan.supervised)
             res["pretrain_seconds"] = round(t1 - t0, 1)
             res["probe_seconds"] = round(time.perf_counter() - t1, 1)
             per_seed.append(res)

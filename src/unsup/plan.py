@@ -9,6 +9,7 @@ A plan is a YAML file (or the same as a dict)::
     label_seeds: 3
     split: test                # or "validation": probe on a fixed hold-out of the training split
     family_metrics: true       # each method's own numbers (Gabor share, FCD, next-frame MSE, ...)
+    supervised: true           # the supervised reference (false: a screen that compares entries only)
     entries:
       - method: infogan
         name: infogan-300k     # the row's label (default: the method's name), unique
@@ -38,7 +39,7 @@ from .errors import UnsupError
 from .methods.base import config_from_dict
 from .train.budget import parse_budget
 
-PLAN_KEYS = {"title", "data", "budget", "labels", "label_seeds", "split", "family_metrics", "entries"}
+PLAN_KEYS = {"title", "data", "budget", "labels", "label_seeds", "split", "family_metrics", "supervised", "entries"}
 ENTRY_KEYS = {"method", "name", "options", "budget", "seeds", "data", "floors"}
 SPLITS = ("test", "validation")
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -67,6 +68,7 @@ class Plan:
     label_seeds: int = 3
     split: str = "test"
     family_metrics: bool = True
+    supervised: bool = True
 
 
 def _check_keys(where: str, given: dict, allowed: set) -> None:
@@ -120,10 +122,11 @@ def parse_plan(raw: dict, where: str = "plan", data: str = "fashion-mnist", budg
         entry_budget = str(e.get("budget", budget))
         parse_budget(entry_budget)
         entries.append(Entry(str(e["method"]), name, str(e.get("data", data)), entry_budget, dict(options), list(seeds), dict(floors)))
-    family_metrics = raw.get("family_metrics", True)
-    if not isinstance(family_metrics, bool):
-        raise UnsupError(f"{where}: family_metrics must be true or false, got {family_metrics!r}")
-    return Plan(entries, str(raw.get("title", "")), labels, label_seeds, split, family_metrics)
+    flags = {key: raw.get(key, True) for key in ("family_metrics", "supervised")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise UnsupError(f"{where}: {key} must be true or false, got {value!r}")
+    return Plan(entries, str(raw.get("title", "")), labels, label_seeds, split, **flags)
 
 
 def load_plan(path: str | Path, data: str = "fashion-mnist", budget: str = "2m") -> Plan:

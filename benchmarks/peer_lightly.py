@@ -75,7 +75,7 @@ def peer_main(method: str, seconds: float, out: str, seed: int) -> None:
                   sigmas=tuple(aug.blur_sigma), hf_prob=aug.flip, normalize={"mean": [0.5], "std": [0.25]})
     if method == "simclr":
         transform = SimCLRTransform(gaussian_blur=aug.blur_prob, **common)
-    elif method == "byol":  # lightly's BYOL views with unsup's per-view blur and solarisation (the paper's)
+    elif method == "byol":  # lightly's BYOL views with unsup's per-view blur and solarisation (its defaults)
         transform = BYOLTransform(
             view_1_transform=BYOLView1Transform(gaussian_blur=cfg.blur_prob[0], solarization_prob=cfg.solarize[0], **common),
             view_2_transform=BYOLView2Transform(gaussian_blur=cfg.blur_prob[1], solarization_prob=cfg.solarize[1], **common))

@@ -143,7 +143,7 @@ def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, cap
     assert Path(probe_run.__module__.replace(".", "/")).name == "api"
 
 
-def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_path, monkeypatch):
+def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("a plan with supervised: false trained the supervised reference")
 
@@ -156,6 +156,19 @@ def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_pat
     result = json.loads((out / "results.json").read_text())["results"][0]
     assert not result["references"].get("supervised") and result["spec"]["supervised"] is False
     assert result["references"]["random_encoder"] and (out / "report.html").is_file()
+    # a kept result is reused only if the method's resolved options (defaults included) are unchanged;
+    # one written before specs held them is compared on the rest
+    kept = out / "results" / "kmeans.json"
+    config = json.loads(kept.read_text())["spec"]["config"]
+    for edit, reused in ((lambda spec: spec.pop("config"), True),
+                         (lambda spec: spec.update(config={**config, "num_centroids": 16}), False)):
+        stored = json.loads(kept.read_text())
+        edit(stored["spec"])
+        kept.write_text(json.dumps(stored))
+        capsys.readouterr()
+        assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu"]) == 0
+        assert ("reusing" in capsys.readouterr().out) == reused
+    assert json.loads(kept.read_text())["spec"]["config"]["num_centroids"] == 32
 
 
 def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_small, tmp_path):

@@ -310,6 +310,26 @@ def _earlier_result(path: Path) -> dict | None:
     return old
 
 
+def _resolved_config(entry) -> dict:
+    """Every option the entry's method runs with, its defaults included (as JSON
+    holds them), so that a kept result is not reused after a default changed."""
+    from .methods.base import config_from_dict
+    from .registry import get_method
+
+    cfg = config_from_dict(get_method(entry.method).Config, entry.options)
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def _same_entry(old_spec, spec: dict) -> bool:
+    """Whether a kept result was made by this entry; a result written before
+    specs held the resolved options is compared on the rest."""
+    if not isinstance(old_spec, dict):
+        return False
+    if "config" not in old_spec:
+        spec = {k: v for k, v in spec.items() if k != "config"}
+    return old_spec == spec
+
+
 def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "60s", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
           command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False) -> list[dict]:
@@ -352,8 +372,9 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
                 "split": plan.split, "family_metrics": plan.family_metrics, "protocol": PROTOCOL_VERSION}
         if not plan.supervised:  # only when off, so results written before the key existed are still reused
             spec["supervised"] = False
+        spec["config"] = _resolved_config(entry)
         old = _earlier_result(path) if path.is_file() and not fresh else None
-        if old is not None and old.get("spec") == spec:
+        if old is not None and _same_entry(old.get("spec"), spec):
             if not quiet:
                 print(f"== [{k}/{len(plan.entries)}] {entry.name}: reusing {path}", flush=True)
             results.append(old)

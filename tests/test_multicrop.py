@@ -214,9 +214,9 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("name", ["dino", "swav"])
-def test_method_trains_saves_and_loads(name, fm_small, tmp_path):
-    opts = {"batch_size": 64, "n_local": 2}
+@pytest.mark.parametrize("name,n_local", [("dino", 2), ("swav", 2), ("swav", 0)])
+def test_method_trains_saves_and_loads(name, n_local, fm_small, tmp_path):
+    opts = {"batch_size": 64, "n_local": n_local}  # 0: the two global views only (multi-crop off)
     run = unsup.pretrain(name, data=fm_small, budget="600img", out=tmp_path / name, options=opts, quiet=True,
                          figures=False, monitor=False)
     losses = [m["loss"] for m in unsup.run.RunDir(run).metrics() if "loss" in m]

@@ -89,6 +89,7 @@ RANGES: dict[str, str] = {
     "target_scale": "(0, 1]",
     "context_scale": "(0, 1]",
     "queue_start": "[0, 1]",
+    "n_local": "[0, 64]",  # 0: no local crops (multi-crop off)
 }
 # Text options with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -320,11 +320,17 @@ def _resolved_config(entry) -> dict:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
+# spec keys added after results were kept, with the value those results were made with
+_EARLIER_SPEC = {"supervised": True}
+
+
 def _same_entry(old_spec, spec: dict) -> bool:
-    """Whether a kept result was made by this entry; a result written before
-    specs held the resolved options is compared on the rest."""
+    """Whether a kept result was made by this entry. A key added to specs since
+    the result was written takes its value from ``_EARLIER_SPEC``; a result
+    written before specs held the resolved options is compared on the rest."""
     if not isinstance(old_spec, dict):
         return False
+    old_spec = {**_EARLIER_SPEC, **old_spec}
     if "config" not in old_spec:
         spec = {k: v for k, v in spec.items() if k != "config"}
     return old_spec == spec
@@ -369,10 +375,8 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     for k, entry in enumerate(plan.entries, 1):
         path = out / "results" / f"{entry.name}.json"
         spec = {**entry.spec(), "labels": [str(b) for b in plan.labels], "label_seeds": plan.label_seeds,
-                "split": plan.split, "family_metrics": plan.family_metrics, "protocol": PROTOCOL_VERSION}
-        if not plan.supervised:  # only when off, so results written before the key existed are still reused
-            spec["supervised"] = False
-        spec["config"] = _resolved_config(entry)
+                "split": plan.split, "family_metrics": plan.family_metrics, "supervised": plan.supervised,
+                "protocol": PROTOCOL_VERSION, "config": _resolved_config(entry)}
         old = _earlier_result(path) if path.is_file() and not fresh else None
         if old is not None and _same_entry(old.get("spec"), spec):
             if not quiet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from unsup.data import load
@@ -144,12 +145,13 @@ def test_logistic_fit_reaches_the_autograd_optimum_and_warm_starts():
         assert torch.allclose(warm[0], w.detach(), atol=1e-2)
 
 
-def test_features_fold_batchnorm_without_changing_them(fm_small):
+@pytest.mark.parametrize("backbone", ["small-convnet", "resnet18"])  # Sequential pairs; ResNet blocks (traced)
+def test_features_fold_batchnorm_without_changing_them(fm_small, backbone):
     from unsup.evaluate.features import extract_features, fold_batchnorm
     from unsup.nets import build_encoder
 
     torch.manual_seed(0)
-    enc = build_encoder("small-convnet", 1, 28)
+    enc = build_encoder(backbone, 1, 28)
     for m in enc.modules():  # non-trivial running statistics, as after training
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)

@@ -76,6 +76,10 @@ def test_plan_validation_and_floors():
     floors = [check_floors(result, {"linear@10": f"{w} {ref}"})[0]["met"] for w in ("above", "below") for ref in ("random", "raw")]
     assert floors == [True, False, False, False]
     assert check_floors(result, {"knn@10": "above random"})[0]["met"] is None
+    from unsup.report.leaderboard import floor_value
+
+    assert floor_value(check_floors(result, {"linear@10": "above random"})[0]) == "+2.0 [+1.0, +5.0]"
+    assert floor_value(check_floors(result, {"x": ">= 0.2"})[0]) == "0.1"
 
 
 def test_validation_split_is_a_fixed_part_of_the_training_split(fm_small):
@@ -143,6 +147,43 @@ def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, cap
     assert Path(probe_run.__module__.replace(".", "/")).name == "api"
 
 
+def test_a_failed_entry_does_not_stop_the_bench(fm_small, tmp_path, monkeypatch, capsys):
+    """An entry that fails is reported in one line; the others run and are kept; the same command retries it."""
+    from unsup import api
+
+    real = api.pretrain
+
+    def pretrain(method, *args, **kwargs):
+        if method == "rotation":
+            raise RuntimeError("simulated crash inside rotation")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(api, "pretrain", pretrain)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n"
+                    "  - {method: rotation}\n  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n")
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "rotation failed: simulated crash inside rotation" in err
+    assert "1 of 2 bench entries failed (rotation" in err.strip().splitlines()[-1]
+    assert (out / "results" / "kmeans.json").is_file() and not (out / "results" / "rotation.json").exists()
+    assert [r["method"] for r in json.loads((out / "results.json").read_text())["results"]] == ["kmeans"]
+    # --report-only trains nothing and names what has no kept result
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet", "--report-only"]) == 0
+    assert "not run yet (1 of 2 entries): rotation" in (out / "report.html").read_text()
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(tmp_path / "empty"), "--report-only"]) == 2
+    assert "run the bench without --report-only first" in capsys.readouterr().err
+    monkeypatch.setattr(api, "pretrain", real)
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("reusing") == 1 and (out / "results" / "rotation.json").is_file()
+    # a kept result is judged by the floors of the plan that reuses it
+    plan.write_text(plan.read_text().replace("num_patches: 5000}", "num_patches: 5000}\n    floors: {linear@10: '>= 0.01'}"))
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet", "--report-only"]) == 0
+    kept = {r["method"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert kept["kmeans"]["floors"][0]["met"] is True and "floors" not in kept["rotation"]
+
+
 def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("a plan with supervised: false trained the supervised reference")
@@ -156,6 +197,9 @@ def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_pat
     result = json.loads((out / "results.json").read_text())["results"][0]
     assert not result["references"].get("supervised") and result["spec"]["supervised"] is False
     assert result["references"]["random_encoder"] and (out / "report.html").is_file()
+    # no supervised reference, so no (empty) gap-to-supervised columns
+    assert "gap to supervised" not in (out / "leaderboard.md").read_text().lower()
+    assert "gap to supervised" not in (out / "report.html").read_text().lower()
     # a kept result is reused only if the method's resolved options (defaults included) are unchanged;
     # one written before specs held them is compared on the rest
     kept = out / "results" / "kmeans.json"

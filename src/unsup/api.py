@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -338,7 +339,8 @@ def _same_entry(old_spec, spec: dict) -> bool:
 
 def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "60s", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
-          command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False) -> list[dict]:
+          command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False,
+          report_only: bool = False) -> list[dict]:
     """Pretrain and probe every entry of a plan (default: ``methods`` with the
     same ``budget`` each); write the leaderboard and the report to ``out``.
     ``family_metrics`` applies to the methods list (a plan says it itself): off
@@ -346,8 +348,10 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
 
     Each entry's result is kept in ``out/results/NAME.json``; a later bench on
     the same ``out`` reuses results whose entry is unchanged (``fresh`` redoes all).
+    ``report_only``: write the report from the kept results and train nothing;
+    the header names the entries that have none yet.
     """
-    from .evaluate.protocol import PROTOCOL_VERSION, add_intervals
+    from .evaluate.protocol import PROTOCOL_VERSION
     from .plan import check_floors, load_plan, parse_plan
     from .report import format_rows, write_report
 
@@ -358,16 +362,20 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
         plan = load_plan(plan, data, budget) if isinstance(plan, (str, Path)) else parse_plan(plan, "plan", data, budget)
     out = Path(out)
     t_start = time.perf_counter()
-    if not quiet:
+    if not quiet and not report_only:
         print(_plan_summary(plan, out, resolve_device(device)), flush=True)
     results = []
     reused = []
+    failed: list[tuple[str, str]] = []  # (entry, why): reported at the end, retried by the next run
+    not_run: list[str] = []  # report_only: entries without a kept result
 
     def report(done: list[dict]) -> None:
         meta = {"machine": machine(), "device": str(resolve_device(device)), "budget": ", ".join(sorted({e.budget for e in plan.entries})),
                 "date": time.strftime("%Y-%m-%d"), "protocol": PROTOCOL_VERSION, "title": plan.title, "split": plan.split}
         if not reused:  # with reused entries this command's time is not the bench's: the header sums the entries' own
             meta["wall_clock_seconds"] = round(time.perf_counter() - t_start, 1)
+        if not_run:
+            meta["note"] = f"not run yet ({len(not_run)} of {len(plan.entries)} entries): {', '.join(not_run)}"
         if not quiet:
             print(f"== writing the report to {out}", flush=True)
         write_report(done, out, command, meta)
@@ -381,42 +389,77 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
         if old is not None and _same_entry(old.get("spec"), spec):
             if not quiet:
                 print(f"== [{k}/{len(plan.entries)}] {entry.name}: reusing {path}", flush=True)
+            if entry.floors:  # this plan's floors, which may differ from those of the plan that made the result
+                old["floors"] = check_floors(old, entry.floors)
+            else:
+                old.pop("floors", None)
             results.append(old)
             reused.append(entry.name)
             continue
-        per_seed = []
-        for seed in entry.seeds:
-            run_dir = out / "runs" / (entry.name if len(entry.seeds) == 1 else f"{entry.name}-seed{seed}")
-            if not quiet:
-                print(f"== [{k}/{len(plan.entries)}] {entry.name} (seed {seed}): pretraining on {entry.data}, budget {entry.budget}",
-                      flush=True)
-            t0 = time.perf_counter()
-            run = pretrain(entry.method, data=entry.data, budget=entry.budget, out=run_dir, device=device, seed=seed,
-                           options=entry.options, overwrite=True, quiet=quiet)
-            t1 = time.perf_counter()
-            if not quiet:
-                print(f"== [{k}/{len(plan.entries)}] {entry.name}: probing ({t1 - t0:.0f} s pretraining)", flush=True)
-            res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split,
-                            family_metrics=plan.family_metrics, supervised=plan.supervised)
-            res["pretrain_seconds"] = round(t1 - t0, 1)
-            res["probe_seconds"] = round(time.perf_counter() - t1, 1)
-            per_seed.append(res)
-        result = _merge_seeds(per_seed)
-        result.update(method=entry.name, method_class=entry.method, spec=spec,
-                      pretrain_seconds=round(sum(r["pretrain_seconds"] for r in per_seed), 1),
-                      probe_seconds=round(sum(r["probe_seconds"] for r in per_seed), 1))
-        if len(per_seed) > 1 and result["references"]:
-            add_intervals(result, result["test_size"])
-        if entry.floors:
-            result["floors"] = check_floors(result, entry.floors)
+        if report_only:
+            not_run.append(entry.name)
+            continue
+        try:
+            result = _bench_entry(entry, k, len(plan.entries), plan, spec, out, device, quiet)
+        except Exception as e:  # noqa: BLE001 - one entry's failure must not cost a long bench the others
+            failed.append((entry.name, _one_line(e)))
+            if not isinstance(e, UnsupError):
+                traceback.print_exc()
+            print(f"== [{k}/{len(plan.entries)}] {entry.name} failed: {_one_line(e)}; the other entries go on "
+                  f"(the same command retries it)", file=sys.stderr, flush=True)
+            continue
         atomic_write(path, json.dumps(result, indent=2))
         results.append(result)
         if not quiet:
             print(format_rows(result), flush=True)
         if k < len(plan.entries):
             report(results)  # after each entry, so a long bench shows its progress
+    if report_only and not results:
+        raise UnsupError(f"no result of this plan is kept in {out / 'results'}; run the bench without --report-only first")
     report(results)  # the whole plan, once, also when every entry was reused
+    if failed:
+        raise UnsupError(f"{len(failed)} of {len(plan.entries)} bench entries failed ({', '.join(n for n, _ in failed)}: "
+                         f"{failed[0][1]}); the report in {out} has the others; fix and rerun the same command: "
+                         "finished entries are reused")
     return results
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, quiet: bool) -> dict:
+    """Pretrain and probe one bench entry (each of its pretraining seeds); its result, floors checked."""
+    from .evaluate.protocol import add_intervals
+    from .plan import check_floors
+
+    per_seed = []
+    for seed in entry.seeds:
+        run_dir = out / "runs" / (entry.name if len(entry.seeds) == 1 else f"{entry.name}-seed{seed}")
+        if not quiet:
+            print(f"== [{k}/{n}] {entry.name} (seed {seed}): pretraining on {entry.data}, budget {entry.budget}",
+                  flush=True)
+        t0 = time.perf_counter()
+        run = pretrain(entry.method, data=entry.data, budget=entry.budget, out=run_dir, device=device, seed=seed,
+                       options=entry.options, overwrite=True, quiet=quiet)
+        t1 = time.perf_counter()
+        if not quiet:
+            print(f"== [{k}/{n}] {entry.name}: probing ({t1 - t0:.0f} s pretraining)", flush=True)
+        res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split,
+                        family_metrics=plan.family_metrics, supervised=plan.supervised)
+        res["pretrain_seconds"] = round(t1 - t0, 1)
+        res["probe_seconds"] = round(time.perf_counter() - t1, 1)
+        per_seed.append(res)
+    result = _merge_seeds(per_seed)
+    result.update(method=entry.name, method_class=entry.method, spec=spec,
+                  pretrain_seconds=round(sum(r["pretrain_seconds"] for r in per_seed), 1),
+                  probe_seconds=round(sum(r["probe_seconds"] for r in per_seed), 1))
+    if len(per_seed) > 1 and result["references"]:
+        add_intervals(result, result["test_size"])
+    if entry.floors:
+        result["floors"] = check_floors(result, entry.floors)
+    return result
 
 
 # rough probing time of one entry (features, probes, references when not cached), from the default bench's

@@ -122,6 +122,8 @@ def cmd_bench(args) -> None:
 
     if args.plan and args.methods:
         raise UnsupError("give --plan or --methods, not both (a plan lists its methods)")
+    if args.fresh and args.report_only:
+        raise UnsupError("give --fresh or --report-only, not both (--report-only trains nothing)")
     if args.methods == "all":
         methods = [m.name for m in all_methods()]
     else:
@@ -134,7 +136,7 @@ def cmd_bench(args) -> None:
     command = "unsup " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bench(data=args.data, methods=methods, budget=budget, out=args.out, budgets=parse_label_budgets(args.labels),
           seeds=args.seeds, device=args.device, quiet=args.quiet, command=command, plan=args.plan, fresh=args.fresh,
-          family_metrics=args.family_metrics)
+          family_metrics=args.family_metrics, report_only=args.report_only)
     print(f"leaderboard: {args.out}/leaderboard.md, report: {args.out}/report.html")
 
 
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "images (60k); default 60s on a CPU, 30s on a GPU")
     sp.add_argument("--family-metrics", action="store_true", help="with --methods: each method's own numbers too (a plan sets family_metrics itself)")
     sp.add_argument("--fresh", action="store_true", help="redo every entry (by default results already in --out for an unchanged entry are reused)")
+    sp.add_argument("--report-only", action="store_true", help="train nothing: write the leaderboard and report from the results "
+                    "kept in --out (entries without one are named in the header)")
     sp.add_argument("--out", default="bench-out")
     sp.add_argument("--labels", default="1,10,100,all")
     sp.add_argument("--seeds", type=_whole(1, 1000), default=3, help="label draws per budget")

@@ -174,7 +174,8 @@ def check_floors(result: dict, floors: dict) -> list[dict]:
             iv = (row or {}).get(REFERENCE_FIELDS[bound])
             value = None if iv is None else iv["diff"]
             met = None if iv is None else bool(iv["significant"] and (iv["diff"] > 0) == (op == "above"))
-            out.append({"name": key, "rule": f"{op} {bound}", "value": value, "met": met})
+            out.append({"name": key, "rule": f"{op} {bound}", "value": value, "met": met,
+                        **({"low": iv["low"], "high": iv["high"]} if iv is not None else {})})
             continue
         value = row["accuracy_mean"] if row is not None else (result.get("metrics") or {}).get(key)
         met = None if value is None else bool(_OPS[op](value, bound))

@@ -30,5 +30,10 @@ class _Bar(tqdm):
         super().close()
 
 
+# a time budget advances by fractions of a second: whole seconds on screen, not 10.690488378000737/600.0
+_SECONDS_FORMAT = "{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
+
+
 def bar(label: str | None, total: float, unit: str) -> tqdm:
-    return _Bar(total=total, desc=label, unit=unit, disable=label is None, leave=False, mininterval=2.0, dynamic_ncols=True)
+    return _Bar(total=total, desc=label, unit=unit, disable=label is None, leave=False, mininterval=2.0, dynamic_ncols=True,
+                bar_format=_SECONDS_FORMAT if unit == "s" else None)

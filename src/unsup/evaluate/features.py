@@ -12,14 +12,36 @@ from ..data.augment import to_float
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """An inference copy with each BatchNorm2d that directly follows a Conv2d in
-    a Sequential folded into that conv (same outputs up to rounding; one pass
-    over each feature map fewer). The module itself is not changed."""
+    """An inference copy with each BatchNorm2d that directly follows a Conv2d
+    folded into that conv (same outputs up to rounding; one pass over each
+    feature map fewer). Pairs inside a Sequential are folded in place; when
+    batch norms remain (a torchvision ResNet block calls conv1 and bn1 from its
+    own forward) the copy is traced with torch.fx and fused there, and kept
+    unfused if it cannot be traced. The module itself is not changed."""
     module = copy.deepcopy(module).eval()
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):
             if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d) and seq[i + 1].track_running_stats:
                 seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+    return _fuse_traced(module) if _has_batchnorm(module) else module
+
+
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) and m.track_running_stats for m in module.modules())
+
+
+def _fuse_traced(module: nn.Module) -> nn.Module:
+    """``module`` traced by torch.fx with its conv-bn pairs fused; a module that cannot be traced (e.g. a
+    wrapper that checks its input's shape) keeps its forward and has its children fused instead."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(module)
+    except Exception:  # noqa: BLE001 - not traceable: data-dependent control flow
+        pass
+    for name, child in module.named_children():
+        if _has_batchnorm(child):
+            setattr(module, name, _fuse_traced(child))
     return module
 
 

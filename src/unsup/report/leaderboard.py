@@ -348,7 +348,9 @@ def leaderboard_table(results: list[dict]) -> Table:
         return (1, 0.0) if _missing(row) else (0, -row["accuracy_mean"])
 
     entries = sorted(entries, key=sort_key)
-    columns = [(group, b) for group in GROUPS if group != TIME for b in budgets]
+    # a screen without the supervised reference (plan key supervised: false) has no gap to show
+    shown = [g for g in GROUPS if g != TIME and (g != GAP or any(e.supervised is not None for e in entries))]
+    columns = [(group, b) for group in shown for b in budgets]
     if any(e.time_to_raw for e in entries):
         columns.append((TIME, None))
     cells = [[_column_cell(e, group, b) for group, b in columns] for e in entries]
@@ -429,8 +431,9 @@ def legend(table: Table, results: list[dict]) -> list[str]:
                      "difference excludes zero. No mark: the difference is within the noise at this budget.")
     else:
         lines.append("These results carry no significance intervals (made before protocol v5), so no cell is marked.")
-    lines.append("Gap to supervised: the linear probe minus the supervised model of the same backbone trained on the "
-                 "same labels, at each label budget, in points (negative: below supervised).")
+    if any(c[0] == GAP for c in table.columns):
+        lines.append("Gap to supervised: the linear probe minus the supervised model of the same backbone trained on the "
+                     "same labels, at each label budget, in points (negative: below supervised).")
     if any(c[0] == TIME for c in table.columns):
         lines.append("Time to raw-pixel k-NN: training time until the k-NN monitor (a labelled subset of the training split, "
                      "never the test split) first matched raw pixels' k-NN accuracy on the same images; \"not reached\": "
@@ -471,6 +474,15 @@ def floor_status(floor: dict) -> str:
     return "not measured" if met is None else ("met" if met else "MISSED")
 
 
+def floor_value(floor: dict) -> str:
+    """A floor's measurement: a difference to a reference in points with its interval, or the plain value."""
+    value = floor.get("value")
+    if str(floor.get("rule", "")).startswith(("above", "below")) and isinstance(value, (int, float)):
+        interval = f" [{100 * floor['low']:+.1f}, {100 * floor['high']:+.1f}]" if "low" in floor and "high" in floor else ""
+        return f"{100 * value:+.1f}{interval}"
+    return _number(value)
+
+
 def _floors(result: dict) -> list[dict]:
     floors = result.get("floors")
     return [f for f in floors if isinstance(f, dict)] if isinstance(floors, list) else []
@@ -502,12 +514,16 @@ def leaderboard_markdown(results: list[dict], command: str | None = None, meta: 
     lines += ["", _md_row(table.headers), "|" + "|".join(["---", "---"] + ["---:"] * len(table.columns)) + "|"]
     lines += [_md_row(cells) for cells in table.rows]
     lines += [""] + [f"{line}  " for line in legend(table, results)]
+    floors = [(res["method"], f) for res in results for f in _floors(res)]
+    if floors:
+        held = sum(f.get("met") is True for _, f in floors)
+        lines += ["", f"## Floors ({held} of {len(floors)} met)", "", _md_row(["method", "floor", "rule", "measured", "status"]),
+                  "|---|---|---|---:|---|"]
+        lines += [_md_row([name, str(f.get("name", "?")), str(f.get("rule", "")), floor_value(f), floor_status(f)])
+                  for name, f in floors]
+        lines += ["", "Measured: for a rule against a reference, the difference in points with its 95% interval; "
+                  "otherwise the accuracy or the method's own metric."]
     notes = [v for res in results for v in verdicts(res)]
-    for res in results:
-        floors = _floors(res)
-        if floors:
-            words = [" ".join(str(w) for w in (f.get("name", "?"), f.get("rule"), floor_status(f)) if w) for f in floors]
-            notes.append(f"{res['method']} floors: {'; '.join(words)}.")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -804,7 +820,7 @@ def _method_section(res: dict, items: list, curve: str | None) -> list[str]:
         parts += ["<h3>Family metrics</h3>", _html_facts([(str(k), _number(v)) for k, v in metrics.items()], ["metric", "value"])]
     floors = _floors(res)
     if floors:
-        rows = [(str(f.get("name", "?")), str(f.get("rule", "")), _number(f.get("value")), floor_status(f)) for f in floors]
+        rows = [(str(f.get("name", "?")), str(f.get("rule", "")), floor_value(f), floor_status(f)) for f in floors]
         parts += ["<h3>Floors</h3>", _html_facts(rows, ["floor", "rule", "measured", "status"], status_col=3)]
     parts += ["</div></div>", "<h3>Figures</h3>"]
     if not items:

@@ -362,6 +362,14 @@ def test_methods_with_different_supervised_references(tmp_path, v5_results):
     assert rows["random denoising-autoencoder"]["gap to supervised all"] == "-5.0"
 
 
+def test_methods_sharing_a_random_encoder_share_its_row(tmp_path, v5_results):
+    v5_results[1]["references"]["random_encoder"] = v5_results[0]["references"]["random_encoder"]
+    write_report(v5_results, tmp_path)
+    _, rows, _ = _md_table((tmp_path / "leaderboard.md").read_text())
+    assert "random encoder (for kmeans, denoising-autoencoder)" in rows
+    assert not {"random kmeans", "random denoising-autoencoder"} & set(rows)
+
+
 def test_bare_old_result_renders(tmp_path):
     """A result with only a method and its rows (no references, family, intervals or meta) still makes a full page."""
     write_report([{"method": "rotation", "results": _rows("linear", [0.5, 0.6, 0.7, 0.8])}], tmp_path)

@@ -152,6 +152,12 @@ def _inits_note(rows: list[dict]) -> str:
     return f"{inits[0]} inits" if len(inits) == 1 else f"{inits[0]}-{inits[-1]} inits"
 
 
+def _signature(rows: list[dict]) -> tuple:
+    """What makes two references' rows the same reference."""
+    return tuple(sorted((r["classifier"], str(r["labels_per_class"]), repr(r["accuracy_mean"]), repr(r["accuracy_std"]))
+                        for r in rows))
+
+
 def _shared_reference(results: list[dict], key: str, name: str, role: str) -> tuple[list[Entry], dict[int, Entry]]:
     """A reference the methods usually share (raw pixels, supervised): one entry per distinct set of rows.
 
@@ -163,8 +169,7 @@ def _shared_reference(results: list[dict], key: str, name: str, role: str) -> tu
         rows = _ref_rows(res, key)
         if not rows:
             continue
-        sig = tuple(sorted((r["classifier"], str(r["labels_per_class"]), repr(r["accuracy_mean"]), repr(r["accuracy_std"]))
-                           for r in rows))
+        sig = _signature(rows)
         group = next((g for g in groups if g[0] == sig), None)
         if group is None:
             group = (sig, Entry(name, "reference", role, rows), [])
@@ -186,13 +191,18 @@ def build_entries(results: list[dict]) -> list[Entry]:
                for res in results]
     raws, _ = _shared_reference(results, "raw_pixels", "raw pixels", "raw")
     sups, sup_of = _shared_reference(results, "supervised", "supervised", "supervised")
-    randoms = []
+    random_groups: dict[tuple, tuple[Entry, list[str]]] = {}  # methods with the same encoder share one random row
     for i, (res, method) in enumerate(zip(results, methods)):
         method.supervised = sup_of.get(i)
         rows = _ref_rows(res, "random_encoder")
         if rows:
-            randoms.append(Entry(f"random {method.name}", "reference", "random", rows, owner=method.name,
-                                 note=_inits_note(rows), supervised=sup_of.get(i)))
+            entry, owners = random_groups.setdefault(_signature(rows), (
+                Entry(f"random {method.name}", "reference", "random", rows, owner=method.name, note=_inits_note(rows),
+                      supervised=sup_of.get(i)), []))
+            owners.append(method.name)
+            if len(owners) > 1:
+                entry.name = f"random encoder (for {', '.join(owners)})"
+    randoms = [entry for entry, _ in random_groups.values()]
     for raw in raws:
         raw.supervised = sups[0] if sups else None
     for sup in sups:

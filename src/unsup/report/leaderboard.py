@@ -612,10 +612,21 @@ def save_label_curves(results: list[dict], path: Path, title: str | None = None)
         "supervised": lambda e: SUPERVISED_STYLE,
         "random": lambda e: {"color": colors.get(e.owner, "silver"), "linestyle": "--", "marker": "x", "linewidth": 1.0, "alpha": 0.6},
     }
-    series = [Series(e.name, _points(e, pos), style=styles[e.role](e)) for e in entries]
+    # with many methods their random references would double the lines: each method's own figure has its band
+    shown = [e for e in entries if e.role != "random" or len(methods) <= MAX_METHODS_WITH_RANDOM]
+    series = [Series(_legend_label(e.name), _points(e, pos), style=styles[e.role](e)) for e in shown]
     dataset, budget = _describe(results)
     return save_accuracy_curves(series, _ticks(pos, actual), path,
                                 title or f"Label efficiency on {dataset} (pretraining budget {budget}), linear probe")
+
+
+MAX_METHODS_WITH_RANDOM = 10  # the combined label-efficiency figure leaves random references out beyond this
+LEGEND_CHARS = 60
+
+
+def _legend_label(name: str) -> str:
+    """A legend entry short enough to leave room for the plot (shared references name every method they serve)."""
+    return name if len(name) <= LEGEND_CHARS else name[: LEGEND_CHARS - 1].rstrip(", ") + "…"
 
 
 def save_time_curves(results: list[dict], path: Path) -> Path | None:
@@ -871,6 +882,9 @@ def report_html(results: list[dict], figures: dict[int, list], command: str | No
     if curves:
         parts += ["<h2>Label efficiency</h2>",
                   f'<img class="curves" src="{esc(curves)}" alt="accuracy against labelled images per class">']
+        if len(results) > MAX_METHODS_WITH_RANDOM:
+            parts.append('<p class="note">With this many methods the random-weights references are left out of this '
+                         "figure; each method's own figure below shows its random band.</p>")
     if time_curves:
         parts += ["<h2>Time to accuracy</h2>",
                   f'<img class="curves" src="{esc(time_curves)}" alt="k-NN monitor accuracy against training time">']

@@ -184,6 +184,25 @@ def test_a_failed_entry_does_not_stop_the_bench(fm_small, tmp_path, monkeypatch,
     assert kept["kmeans"]["floors"][0]["met"] is True and "floors" not in kept["rotation"]
 
 
+def test_entries_side_by_side_equal_one_after_another(fm_small, tmp_path, capsys):
+    """--jobs 2 runs entries in two processes with the results of one process; a failing entry is reported."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n"
+                    "  - {method: rotation}\n  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n"
+                    f"  - {{method: rotation, name: broken, data: {tmp_path / 'missing.npz'}}}\n")
+    runs = {}
+    for name, extra in (("one", ["--threads", "1"]), ("two", ["--jobs", "2", "--threads", "1"])):
+        out = tmp_path / name
+        assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", *extra]) == 2
+        captured = capsys.readouterr()
+        assert "broken failed:" in captured.err and "missing.npz" in captured.err
+        runs[name] = {r["method"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert "2 processes side by side" in captured.out
+    assert set(runs["one"]) == set(runs["two"]) == {"rotation", "kmeans"}
+    for method in ("rotation", "kmeans"):
+        assert [r["accuracies"] for r in runs["one"][method]["results"]] == [r["accuracies"] for r in runs["two"][method]["results"]]
+
+
 def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("a plan with supervised: false trained the supervised reference")

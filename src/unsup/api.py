@@ -340,7 +340,7 @@ def _same_entry(old_spec, spec: dict) -> bool:
 def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "60s", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
           command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False,
-          report_only: bool = False) -> list[dict]:
+          report_only: bool = False, jobs: int = 1, threads: int | None = None) -> list[dict]:
     """Pretrain and probe every entry of a plan (default: ``methods`` with the
     same ``budget`` each); write the leaderboard and the report to ``out``.
     ``family_metrics`` applies to the methods list (a plan says it itself): off
@@ -349,7 +349,9 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     Each entry's result is kept in ``out/results/NAME.json``; a later bench on
     the same ``out`` reuses results whose entry is unchanged (``fresh`` redoes all).
     ``report_only``: write the report from the kept results and train nothing;
-    the header names the entries that have none yet.
+    the header names the entries that have none yet. ``jobs``: entries run in
+    that many processes side by side, each with ``threads`` torch threads
+    (default: the cores shared out; with ``jobs`` 1, the default is torch's).
     """
     from .evaluate.protocol import PROTOCOL_VERSION
     from .plan import check_floors, load_plan, parse_plan
@@ -363,8 +365,8 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     out = Path(out)
     t_start = time.perf_counter()
     if not quiet and not report_only:
-        print(_plan_summary(plan, out, resolve_device(device)), flush=True)
-    results = []
+        print(_plan_summary(plan, out, resolve_device(device), jobs), flush=True)
+    done: dict[int, dict] = {}  # plan position -> result, kept or new
     reused = []
     failed: list[tuple[str, str]] = []  # (entry, why): reported at the end, retried by the next run
     not_run: list[str] = []  # report_only: entries without a kept result
@@ -380,6 +382,7 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
             print(f"== writing the report to {out}", flush=True)
         write_report(done, out, command, meta)
 
+    todo = []  # (k, entry, spec, path) of the entries to pretrain and probe
     for k, entry in enumerate(plan.entries, 1):
         path = out / "results" / f"{entry.name}.json"
         spec = {**entry.spec(), "labels": [str(b) for b in plan.labels], "label_seeds": plan.label_seeds,
@@ -393,27 +396,42 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
                 old["floors"] = check_floors(old, entry.floors)
             else:
                 old.pop("floors", None)
-            results.append(old)
+            done[k] = old
             reused.append(entry.name)
-            continue
-        if report_only:
+        elif report_only:
             not_run.append(entry.name)
-            continue
-        try:
-            result = _bench_entry(entry, k, len(plan.entries), plan, spec, out, device, quiet)
-        except Exception as e:  # noqa: BLE001 - one entry's failure must not cost a long bench the others
-            failed.append((entry.name, _one_line(e)))
-            if not isinstance(e, UnsupError):
-                traceback.print_exc()
-            print(f"== [{k}/{len(plan.entries)}] {entry.name} failed: {_one_line(e)}; the other entries go on "
+        else:
+            todo.append((k, entry, spec, path))
+
+    def ordered() -> list[dict]:
+        return [done[k] for k in sorted(done)]
+
+    def finish(k: int, entry, path: Path, outcome) -> None:
+        if isinstance(outcome, BaseException):  # one entry's failure must not cost a long bench the others
+            failed.append((entry.name, _one_line(outcome)))
+            if not isinstance(outcome, UnsupError):
+                traceback.print_exception(outcome)
+            print(f"== [{k}/{len(plan.entries)}] {entry.name} failed: {_one_line(outcome)}; the other entries go on "
                   f"(the same command retries it)", file=sys.stderr, flush=True)
-            continue
-        atomic_write(path, json.dumps(result, indent=2))
-        results.append(result)
+            return
+        atomic_write(path, json.dumps(outcome, indent=2))
+        done[k] = outcome
         if not quiet:
-            print(format_rows(result), flush=True)
-        if k < len(plan.entries):
-            report(results)  # after each entry, so a long bench shows its progress
+            print(format_rows(outcome), flush=True)
+        if len(done) + len(failed) < len(plan.entries):
+            report(ordered())  # after each entry, so a long bench shows its progress
+
+    if jobs > 1 and len(todo) > 1:
+        _bench_side_by_side(todo, plan, out, device, quiet, jobs, threads, finish)
+    else:
+        with _threads(threads):
+            for k, entry, spec, path in todo:
+                try:
+                    outcome = _bench_entry(entry, k, len(plan.entries), plan, spec, out, device, quiet)
+                except Exception as e:  # noqa: BLE001 - reported by finish
+                    outcome = e
+                finish(k, entry, path, outcome)
+    results = ordered()
     if report_only and not results:
         raise UnsupError(f"no result of this plan is kept in {out / 'results'}; run the bench without --report-only first")
     report(results)  # the whole plan, once, also when every entry was reused
@@ -422,6 +440,51 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
                          f"{failed[0][1]}); the report in {out} has the others; fix and rerun the same command: "
                          "finished entries are reused")
     return results
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op threads set to ``n`` for the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _entry_in_worker(threads: int | None, entry, k: int, n: int, plan, spec: dict, out: Path, device) -> dict:
+    """One bench entry in a worker process of ``--jobs``: quiet (the parent reports), its own threads."""
+    if threads:
+        torch.set_num_threads(threads)
+    return _bench_entry(entry, k, n, plan, spec, out, device, quiet=True)
+
+
+def _bench_side_by_side(todo, plan, out: Path, device, quiet: bool, jobs: int, threads: int | None, finish) -> None:
+    """The entries of ``todo`` in ``jobs`` worker processes, each with ``threads`` threads (default: the
+    machine's cores shared out), so that each time-budgeted entry has the same share of the machine;
+    ``finish`` receives each result (or its exception) in the parent as it arrives."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    n = len(plan.entries)
+    if not quiet:
+        print(f"== {len(todo)} entries in {jobs} processes side by side, {threads} thread(s) each", flush=True)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            progress_bar(None if quiet else "bench", len(todo), "entry") as bar:
+        futures = {}
+        for k, entry, spec, path in todo:
+            futures[pool.submit(_entry_in_worker, threads, entry, k, n, plan, spec, out, device)] = (k, entry, path)
+        for future in as_completed(futures):
+            k, entry, path = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as e:  # noqa: BLE001 - reported by finish
+                outcome = e
+            bar.update(1)
+            finish(k, entry, path, outcome)
 
 
 def _one_line(e: BaseException) -> str:
@@ -467,7 +530,7 @@ def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, qui
 PROBE_SECONDS_GUESS = {"cpu": 240.0, "cuda": 30.0}
 
 
-def _plan_summary(plan, out: Path, device: torch.device) -> str:
+def _plan_summary(plan, out: Path, device: torch.device, jobs: int = 1) -> str:
     """The bench's plan before it starts: entries, budgets and an estimated wall-clock."""
     lines = [f"bench: {len(plan.entries)} entries on {machine()}"]
     total = 0.0
@@ -482,8 +545,9 @@ def _plan_summary(plan, out: Path, device: torch.device) -> str:
         total += ((train_s or 0.0) + probe_s) * len(e.seeds)
         lines.append(f"  {e.name:<24} budget {e.budget:<6} x {len(e.seeds)} seed(s): about "
                      + (f"{(train_s + probe_s) * len(e.seeds) / 60:.0f} min" if train_s else f"{probe_s / 60:.0f} min + pretraining"))
-    lines.append(f"  estimated wall-clock: about {total / 60:.0f} min" + ("" if all(parse_budget(e.budget).kind == "seconds" for e in plan.entries)
-                                                                         else " plus the image-budget pretraining"))
+    side = f" ({jobs} processes side by side)" if jobs > 1 else ""
+    lines.append(f"  estimated wall-clock: about {total / jobs / 60:.0f} min{side}"
+                 + ("" if all(parse_budget(e.budget).kind == "seconds" for e in plan.entries) else " plus the image-budget pretraining"))
     return "\n".join(lines)
 
 

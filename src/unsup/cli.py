@@ -137,7 +137,7 @@ def cmd_bench(args) -> None:
     command = "unsup " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--report-only")
     bench(data=args.data, methods=methods, budget=budget, out=args.out, budgets=parse_label_budgets(args.labels),
           seeds=args.seeds, device=args.device, quiet=args.quiet, command=command, plan=args.plan, fresh=args.fresh,
-          family_metrics=args.family_metrics, report_only=args.report_only)
+          family_metrics=args.family_metrics, report_only=args.report_only, jobs=args.jobs, threads=args.threads)
     print(f"leaderboard: {args.out}/leaderboard.md, report: {args.out}/report.html")
 
 
@@ -239,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "images (60k); default 60s on a CPU, 30s on a GPU")
     sp.add_argument("--family-metrics", action="store_true", help="with --methods: each method's own numbers too (a plan sets family_metrics itself)")
     sp.add_argument("--fresh", action="store_true", help="redo every entry (by default results already in --out for an unchanged entry are reused)")
+    sp.add_argument("--jobs", type=_whole(1, 256), default=1, help="run this many entries side by side, each in its own "
+                    "process (each time-budgeted entry then gets an equal share of the machine)")
+    sp.add_argument("--threads", type=_whole(1, 1024), default=None, help="torch threads per entry (default: torch's; with "
+                    "--jobs, the cores shared out)")
     sp.add_argument("--report-only", action="store_true", help="train nothing: write the leaderboard and report from the results "
                     "kept in --out (entries without one are named in the header)")
     sp.add_argument("--out", default="bench-out")

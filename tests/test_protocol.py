@@ -61,6 +61,10 @@ def test_plan_validation_and_floors():
                                                                "floors": {"linear@10": ">= 0.5", "gabor_share": ">= 0.2"}}]})
     assert [e.name for e in plan.entries] == ["kmeans", "rot-2"] and plan.entries[1].seeds == [0, 1]
     assert plan.supervised and not parse_plan({"entries": ["kmeans"], "supervised": False}).supervised
+    mixed = parse_plan({"entries": ["kmeans", {"method": "rotation", "supervised": False}]})
+    assert [e.supervised for e in mixed.entries] == [True, False]
+    with pytest.raises(UnsupError, match="entry 1: supervised must be true or false"):
+        parse_plan({"entries": [{"method": "kmeans", "supervised": "no"}]})
     bad = [({"entries": []}, "non-empty"), ({"entries": ["kmeans"], "budgets": 3}, "unknown key"),
            ({"entries": [{"method": "nope"}]}, "nope"), ({"entries": ["kmeans", "kmeans"]}, "used twice"),
            ({"entries": [{"method": "kmeans", "floors": {"x": "about 3"}}]}, "bad rule"),
@@ -177,6 +181,11 @@ def test_a_failed_entry_does_not_stop_the_bench(fm_small, tmp_path, monkeypatch,
     monkeypatch.setattr(api, "pretrain", real)
     assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("reusing") == 1 and (out / "results" / "rotation.json").is_file()
+    # a finished pretraining whose probe did not finish is probed again, not pretrained again
+    (out / "results" / "rotation.json").unlink()
+    monkeypatch.setattr(api, "pretrain", pretrain)
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu"]) == 0
+    assert "rotation: reusing the finished pretraining" in capsys.readouterr().out
     # a kept result is judged by the floors of the plan that reuses it
     plan.write_text(plan.read_text().replace("num_patches: 5000}", "num_patches: 5000}\n    floors: {linear@10: '>= 0.01'}"))
     assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet", "--report-only"]) == 0

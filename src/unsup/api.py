@@ -386,7 +386,7 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     for k, entry in enumerate(plan.entries, 1):
         path = out / "results" / f"{entry.name}.json"
         spec = {**entry.spec(), "labels": [str(b) for b in plan.labels], "label_seeds": plan.label_seeds,
-                "split": plan.split, "family_metrics": plan.family_metrics, "supervised": plan.supervised,
+                "split": plan.split, "family_metrics": plan.family_metrics, "supervised": entry.supervised,
                 "protocol": PROTOCOL_VERSION, "config": _resolved_config(entry)}
         old = _earlier_result(path) if path.is_file() and not fresh else None
         if old is not None and _same_entry(old.get("spec"), spec):
@@ -422,12 +422,12 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
             report(ordered())  # after each entry, so a long bench shows its progress
 
     if jobs > 1 and len(todo) > 1:
-        _bench_side_by_side(todo, plan, out, device, quiet, jobs, threads, finish)
+        _bench_side_by_side(todo, plan, out, device, quiet, fresh, jobs, threads, finish)
     else:
         with _threads(threads):
             for k, entry, spec, path in todo:
                 try:
-                    outcome = _bench_entry(entry, k, len(plan.entries), plan, spec, out, device, quiet)
+                    outcome = _bench_entry(entry, k, len(plan.entries), plan, spec, out, device, quiet, fresh)
                 except Exception as e:  # noqa: BLE001 - reported by finish
                     outcome = e
                 finish(k, entry, path, outcome)
@@ -454,14 +454,14 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _entry_in_worker(threads: int | None, entry, k: int, n: int, plan, spec: dict, out: Path, device) -> dict:
+def _entry_in_worker(threads: int | None, entry, k: int, n: int, plan, spec: dict, out: Path, device, fresh: bool) -> dict:
     """One bench entry in a worker process of ``--jobs``: quiet (the parent reports), its own threads."""
     if threads:
         torch.set_num_threads(threads)
-    return _bench_entry(entry, k, n, plan, spec, out, device, quiet=True)
+    return _bench_entry(entry, k, n, plan, spec, out, device, True, fresh)
 
 
-def _bench_side_by_side(todo, plan, out: Path, device, quiet: bool, jobs: int, threads: int | None, finish) -> None:
+def _bench_side_by_side(todo, plan, out: Path, device, quiet: bool, fresh: bool, jobs: int, threads: int | None, finish) -> None:
     """The entries of ``todo`` in ``jobs`` worker processes, each with ``threads`` threads (default: the
     machine's cores shared out), so that each time-budgeted entry has the same share of the machine;
     ``finish`` receives each result (or its exception) in the parent as it arrives."""
@@ -476,7 +476,7 @@ def _bench_side_by_side(todo, plan, out: Path, device, quiet: bool, jobs: int, t
             progress_bar(None if quiet else "bench", len(todo), "entry") as bar:
         futures = {}
         for k, entry, spec, path in todo:
-            futures[pool.submit(_entry_in_worker, threads, entry, k, n, plan, spec, out, device)] = (k, entry, path)
+            futures[pool.submit(_entry_in_worker, threads, entry, k, n, plan, spec, out, device, fresh)] = (k, entry, path)
         for future in as_completed(futures):
             k, entry, path = futures[future]
             try:
@@ -492,8 +492,30 @@ def _one_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
-def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, quiet: bool) -> dict:
-    """Pretrain and probe one bench entry (each of its pretraining seeds); its result, floors checked."""
+def _finished_pretraining(run_dir: Path, entry, seed: int) -> float | None:
+    """The pretraining seconds of a finished run in ``run_dir`` that this entry and seed made (the same
+    method, data, budget, resolved options and seed), or None: a bench whose probe was interrupted
+    probes that run again instead of pretraining again."""
+    from .run import ENCODER, comparable_config
+
+    run = RunDir(run_dir)
+    if not run.file("config.yaml").is_file() or not run.file(ENCODER).is_file():
+        return None
+    try:
+        config = run.read_config()
+        done = [r for r in run.metrics() if r.get("event") == "done"]
+    except (UnsupError, OSError, ValueError):
+        return None
+    mine = json.loads(json.dumps({"method": entry.method, "data": entry.data, "options": _resolved_config(entry), "seed": seed},
+                                 default=str))
+    if not done or comparable_config(config) != mine or str(config.get("budget")) != str(parse_budget(entry.budget)):
+        return None
+    return float(done[-1].get("pretrain_seconds", 0.0))
+
+
+def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, quiet: bool, fresh: bool = False) -> dict:
+    """Pretrain and probe one bench entry (each of its pretraining seeds); its result, floors checked.
+    A finished pretraining of the entry already in its run directory is probed, not redone (unless ``fresh``)."""
     from .evaluate.protocol import add_intervals
     from .plan import check_floors
 
@@ -504,14 +526,20 @@ def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, qui
             print(f"== [{k}/{n}] {entry.name} (seed {seed}): pretraining on {entry.data}, budget {entry.budget}",
                   flush=True)
         t0 = time.perf_counter()
-        run = pretrain(entry.method, data=entry.data, budget=entry.budget, out=run_dir, device=device, seed=seed,
-                       options=entry.options, overwrite=True, quiet=quiet)
+        kept = None if fresh else _finished_pretraining(run_dir, entry, seed)
+        if kept is not None:  # the probe of an earlier bench did not finish: probe again, do not pretrain again
+            run = run_dir
+            if not quiet:
+                print(f"== [{k}/{n}] {entry.name}: reusing the finished pretraining in {run_dir}", flush=True)
+        else:
+            run = pretrain(entry.method, data=entry.data, budget=entry.budget, out=run_dir, device=device, seed=seed,
+                           options=entry.options, overwrite=True, quiet=quiet)
         t1 = time.perf_counter()
         if not quiet:
-            print(f"== [{k}/{n}] {entry.name}: probing ({t1 - t0:.0f} s pretraining)", flush=True)
+            print(f"== [{k}/{n}] {entry.name}: probing ({(t1 - t0) if kept is None else kept:.0f} s pretraining)", flush=True)
         res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split,
-                        family_metrics=plan.family_metrics, supervised=plan.supervised)
-        res["pretrain_seconds"] = round(t1 - t0, 1)
+                        family_metrics=plan.family_metrics, supervised=entry.supervised)
+        res["pretrain_seconds"] = round(t1 - t0 if kept is None else kept, 1)
         res["probe_seconds"] = round(time.perf_counter() - t1, 1)
         per_seed.append(res)
     result = _merge_seeds(per_seed)

@@ -16,6 +16,7 @@ A plan is a YAML file (or the same as a dict)::
         options: {lr: 0.0002}  # method config options, as `-o key=value`
         budget: 300k
         seeds: [0, 1, 2]       # pretraining seeds (default [0])
+        supervised: false      # this entry without the supervised reference (default: the plan's)
         floors:                # reported met / MISSED on the results page
           code_accuracy: ">= 0.5"     # a key of the method's family_metrics
           linear@100: ">= 0.844"      # or a probe number: linear@N / knn@N
@@ -40,7 +41,7 @@ from .methods.base import config_from_dict
 from .train.budget import parse_budget
 
 PLAN_KEYS = {"title", "data", "budget", "labels", "label_seeds", "split", "family_metrics", "supervised", "entries"}
-ENTRY_KEYS = {"method", "name", "options", "budget", "seeds", "data", "floors"}
+ENTRY_KEYS = {"method", "name", "options", "budget", "seeds", "data", "floors", "supervised"}
 SPLITS = ("test", "validation")
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
@@ -54,6 +55,7 @@ class Entry:
     options: dict = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     floors: dict = field(default_factory=dict)
+    supervised: bool | None = None  # None: the plan's setting
 
     def spec(self) -> dict:
         """What a result must match to be reused by a resumed bench."""
@@ -121,12 +123,20 @@ def parse_plan(raw: dict, where: str = "plan", data: str = "fashion-mnist", budg
             raise UnsupError(f"{at}: {exc}") from None
         entry_budget = str(e.get("budget", budget))
         parse_budget(entry_budget)
-        entries.append(Entry(str(e["method"]), name, str(e.get("data", data)), entry_budget, dict(options), list(seeds), dict(floors)))
+        supervised = e.get("supervised")
+        if supervised is not None and not isinstance(supervised, bool):
+            raise UnsupError(f"{at}: supervised must be true or false, got {supervised!r}")
+        entries.append(Entry(str(e["method"]), name, str(e.get("data", data)), entry_budget, dict(options), list(seeds),
+                             dict(floors), supervised))
     flags = {key: raw.get(key, True) for key in ("family_metrics", "supervised")}
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise UnsupError(f"{where}: {key} must be true or false, got {value!r}")
-    return Plan(entries, str(raw.get("title", "")), labels, label_seeds, split, **flags)
+    plan = Plan(entries, str(raw.get("title", "")), labels, label_seeds, split, **flags)
+    for entry in plan.entries:
+        if entry.supervised is None:
+            entry.supervised = plan.supervised
+    return plan
 
 
 def load_plan(path: str | Path, data: str = "fashion-mnist", budget: str = "2m") -> Plan:

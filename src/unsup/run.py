@@ -58,14 +58,14 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 RESUMABLE_OPTIONS = ("lr", "g_lr")
 
 
-def _comparable(config: dict) -> dict:
+def comparable_config(config: dict) -> dict:
     """The fields that make two runs the same run (YAML turns tuples into lists)."""
     return json.loads(json.dumps({k: config.get(k) for k in ("method", "data", "options", "seed")}))
 
 
 def _same_run(old: dict, new: dict) -> bool:
     """Whether ``new`` may resume ``old``: equal but for ``RESUMABLE_OPTIONS``."""
-    a, b = _comparable(old), _comparable(new)
+    a, b = comparable_config(old), comparable_config(new)
     for c in (a, b):
         if isinstance(c.get("options"), dict):
             c["options"] = {k: v for k, v in c["options"].items() if k not in RESUMABLE_OPTIONS}
@@ -73,7 +73,7 @@ def _same_run(old: dict, new: dict) -> bool:
 
 
 def _differences(old: dict, new: dict) -> str:
-    a, b = _comparable(old), _comparable(new)
+    a, b = comparable_config(old), comparable_config(new)
     diffs = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in ("method", "data", "seed") if a[k] != b[k]]
     opts_a, opts_b = a.get("options") or {}, b.get("options") or {}
     diffs += [f"option {k}: {opts_a.get(k)!r} -> {opts_b.get(k)!r}" for k in sorted(set(opts_a) | set(opts_b)) if opts_a.get(k) != opts_b.get(k)]

@@ -64,3 +64,13 @@ def test_pretrain_then_probe_json_schema(fm_small, tmp_path):
     done = run_cli("pretrain", "denoising-autoencoder", "--data", fm_small, "--out", str(out))
     assert done.returncode == 2 and "already holds a run" in done.stderr
     assert (out / "encoder.safetensors").is_file()
+
+
+def test_bench_flags_a_plan_sets_itself_are_refused(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("entries: [kmeans]\n")
+    for flag in ("--no-supervised", "--family-metrics"):
+        assert main(["bench", "--plan", str(plan), flag]) == 2
+        assert "go with --methods" in capsys.readouterr().err
+    assert main(["bench", "--plan", str(plan), "--fresh", "--report-only"]) == 2
+    assert "not both" in capsys.readouterr().err

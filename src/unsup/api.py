@@ -340,11 +340,13 @@ def _same_entry(old_spec, spec: dict) -> bool:
 def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget: str = "60s", out: str | Path = "bench-out",
           budgets=(1, 10, 100, "all"), seeds: int = 3, device: str = "auto", quiet: bool = False,
           command: str | None = None, plan=None, fresh: bool = False, family_metrics: bool = False,
-          report_only: bool = False, jobs: int = 1, threads: int | None = None) -> list[dict]:
+          report_only: bool = False, jobs: int = 1, threads: int | None = None, supervised: bool = True) -> list[dict]:
     """Pretrain and probe every entry of a plan (default: ``methods`` with the
     same ``budget`` each); write the leaderboard and the report to ``out``.
-    ``family_metrics`` applies to the methods list (a plan says it itself): off
-    by default, since a GAN's first FCD trains its reference classifier.
+    ``family_metrics`` and ``supervised`` apply to the methods list (a plan says
+    them itself): the family metrics are off by default, since a GAN's first FCD
+    trains its reference classifier; ``supervised=False`` leaves out the
+    supervised reference (a ViT-tiny's takes hours on a CPU).
 
     Each entry's result is kept in ``out/results/NAME.json``; a later bench on
     the same ``out`` reuses results whose entry is unchanged (``fresh`` redoes all).
@@ -359,7 +361,7 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
 
     if plan is None:
         plan = parse_plan({"entries": list(methods or DEFAULT_BENCH), "labels": list(budgets), "label_seeds": seeds,
-                           "family_metrics": family_metrics}, "bench", data, budget)
+                           "family_metrics": family_metrics, "supervised": supervised}, "bench", data, budget)
     elif not hasattr(plan, "entries"):
         plan = load_plan(plan, data, budget) if isinstance(plan, (str, Path)) else parse_plan(plan, "plan", data, budget)
     out = Path(out)

@@ -122,6 +122,8 @@ def cmd_bench(args) -> None:
 
     if args.plan and args.methods:
         raise UnsupError("give --plan or --methods, not both (a plan lists its methods)")
+    if args.plan and (args.family_metrics or args.no_supervised):
+        raise UnsupError("--family-metrics and --no-supervised go with --methods; a plan sets family_metrics and supervised itself")
     if args.fresh and args.report_only:
         raise UnsupError("give --fresh or --report-only, not both (--report-only trains nothing)")
     if args.methods == "all":
@@ -137,7 +139,8 @@ def cmd_bench(args) -> None:
     command = "unsup " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a != "--report-only")
     bench(data=args.data, methods=methods, budget=budget, out=args.out, budgets=parse_label_budgets(args.labels),
           seeds=args.seeds, device=args.device, quiet=args.quiet, command=command, plan=args.plan, fresh=args.fresh,
-          family_metrics=args.family_metrics, report_only=args.report_only, jobs=args.jobs, threads=args.threads)
+          family_metrics=args.family_metrics, report_only=args.report_only, jobs=args.jobs, threads=args.threads,
+          supervised=not args.no_supervised)
     print(f"leaderboard: {args.out}/leaderboard.md, report: {args.out}/report.html")
 
 
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--budget", default=None, help="the pretraining budget of every method (a plan's default): time (90s, 10m) or "
                     "images (60k); default 60s on a CPU, 30s on a GPU")
     sp.add_argument("--family-metrics", action="store_true", help="with --methods: each method's own numbers too (a plan sets family_metrics itself)")
+    sp.add_argument("--no-supervised", action="store_true", help="with --methods: leave out the supervised reference (a plan "
+                    "sets supervised itself; a ViT-tiny's takes hours on a CPU)")
     sp.add_argument("--fresh", action="store_true", help="redo every entry (by default results already in --out for an unchanged entry are reused)")
     sp.add_argument("--jobs", type=_whole(1, 256), default=1, help="run this many entries side by side, each in its own "
                     "process (each time-budgeted entry then gets an equal share of the machine)")

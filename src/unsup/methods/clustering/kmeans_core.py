@@ -174,9 +174,14 @@ def kmeans(x: torch.Tensor, k: int, iterations: int = 10, batch_size: int | None
 def triangle(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Coates et al.'s "triangle" activation f_k = max(0, mean(z) - z_k), z the
     distances of each row to the centroids; (..., N, D) x (..., K, D) -> (..., N, K).
-    In place after the matmul: the (rows x centroids) matrix is the whole cost."""
+    The (rows x centroids) matrix is the whole cost and memory-bound, so it is
+    made in one matmul (both squared norms ride along as an extra column) and
+    then touched as few times as possible, in place."""
     c = centroids
-    z = torch.baddbmm((c * c).sum(-1)[..., None, :], rows, c.transpose(-1, -2), alpha=-2.0) if rows.ndim == 3 \
-        else torch.addmm((c * c).sum(-1), rows, c.T, alpha=-2.0)
-    z.add_((rows * rows).sum(-1, keepdim=True)).clamp_min_(0).sqrt_()
-    return z.sub_(z.mean(-1, keepdim=True)).neg_().relu_()
+    ones = torch.ones_like(c[..., :1])
+    rows_aug = torch.cat([rows, (rows * rows).sum(-1, keepdim=True)], -1)  # [r, |r|^2] . [-2c, 1] + |c|^2 = |r - c|^2
+    cent_aug = torch.cat([c * -2.0, ones], -1)
+    z = torch.baddbmm((c * c).sum(-1)[..., None, :], rows_aug, cent_aug.transpose(-1, -2)) if rows.ndim == 3 \
+        else torch.addmm((c * c).sum(-1), rows_aug, cent_aug.T)
+    z.clamp_min_(0).sqrt_()
+    return torch.sub(z.mean(-1, keepdim=True), z, out=z).clamp_min_(0)

@@ -97,7 +97,7 @@ def main() -> None:
     methods = args.methods.split(",")
     lines = ["# Where the default bench's time goes on this CPU", "",
              f"`.venv/bin/python benchmarks/cpu_profile.py --seconds {args.seconds} --methods {args.methods}` on "
-             f"{machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python "
+             f"{machine()}, torch {torch.__version__}, Python "
              f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}. Each method is one `unsup bench` of "
              f"{args.seconds} s of pretraining, under cProfile (the shipped references; seconds include the "
              "profiler's overhead, which is small next to the kernels).", ""]

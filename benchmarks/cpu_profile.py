@@ -87,13 +87,36 @@ def resnet_folding(images: int = 1024, rounds: int = 3) -> tuple[float, float]:
     return best["folded"], best["unfolded"]
 
 
+def kmeans_feature_speed(images: int = 2000, rounds: int = 3) -> float:
+    """k-means feature extraction (512 random centroids, the default encoder) on Fashion-MNIST test
+    images: images/s, the best of ``rounds`` passes."""
+    from unsup.data import load
+    from unsup.evaluate.features import extract_features
+    from unsup.methods.clustering.kmeans import KMeans, KMeansConfig
+
+    torch.manual_seed(0)
+    m = KMeans(KMeansConfig(), (1, 28, 28))
+    m.encoder.centroids.copy_(torch.randn_like(m.encoder.centroids) * 3)
+    x = load("fashion-mnist", "test").images[:images]
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        extract_features(m.encoder, x)
+        best = max(best, images / (time.perf_counter() - t0))
+    return best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=30, help="pretraining budget per method")
     p.add_argument("--methods", default=",".join(DEFAULT_BENCH))
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_profile.md"))
+    p.add_argument("--kmeans-speed", action="store_true", help="only print k-means' feature extraction speed (images/s)")
     args = p.parse_args()
+    if args.kmeans_speed:
+        print(f"k-means features: {kmeans_feature_speed():.0f} images/s ({torch.get_num_threads()} threads)")
+        return
     methods = args.methods.split(",")
     lines = ["# Where the default bench's time goes on this CPU", "",
              f"`.venv/bin/python benchmarks/cpu_profile.py --seconds {args.seconds} --methods {args.methods}` on "

@@ -373,7 +373,7 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     failed: list[tuple[str, str]] = []  # (entry, why): reported at the end, retried by the next run
     not_run: list[str] = []  # report_only: entries without a kept result
 
-    def report(done: list[dict]) -> None:
+    def report(rows: list[dict]) -> None:
         meta = {"machine": machine(), "device": str(resolve_device(device)), "budget": ", ".join(sorted({e.budget for e in plan.entries})),
                 "date": time.strftime("%Y-%m-%d"), "protocol": PROTOCOL_VERSION, "title": plan.title, "split": plan.split}
         if not reused:  # with reused entries this command's time is not the bench's: the header sums the entries' own
@@ -382,7 +382,7 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
             meta["note"] = f"not run yet ({len(not_run)} of {len(plan.entries)} entries): {', '.join(not_run)}"
         if not quiet:
             print(f"== writing the report to {out}", flush=True)
-        write_report(done, out, command, meta)
+        write_report(rows, out, command, meta)
 
     todo = []  # (k, entry, spec, path) of the entries to pretrain and probe
     for k, entry in enumerate(plan.entries, 1):

@@ -239,7 +239,7 @@ def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_pat
         kept.write_text(json.dumps(stored))
         capsys.readouterr()
         assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu"]) == 0
-        assert ("reusing" in capsys.readouterr().out) == reused
+        assert (f"reusing {kept}" in capsys.readouterr().out) == reused
     assert json.loads(kept.read_text())["spec"]["config"]["num_centroids"] == 32
 
 

@@ -176,7 +176,7 @@ def triangle(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     distances of each row to the centroids; (..., N, D) x (..., K, D) -> (..., N, K).
     The (rows x centroids) matrix is the whole cost and memory-bound, so it is
     made in one matmul (both squared norms ride along as an extra column) and
-    then touched as few times as possible, in place."""
+    then touched as few times as possible."""
     c = centroids
     ones = torch.ones_like(c[..., :1])
     rows_aug = torch.cat([rows, (rows * rows).sum(-1, keepdim=True)], -1)  # [r, |r|^2] . [-2c, 1] + |c|^2 = |r - c|^2
@@ -184,4 +184,4 @@ def triangle(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     z = torch.baddbmm((c * c).sum(-1)[..., None, :], rows_aug, cent_aug.transpose(-1, -2)) if rows.ndim == 3 \
         else torch.addmm((c * c).sum(-1), rows_aug, cent_aug.T)
     z.clamp_min_(0).sqrt_()
-    return torch.sub(z.mean(-1, keepdim=True), z, out=z).clamp_min_(0)
+    return (z.mean(-1, keepdim=True) - z).clamp_min_(0)

@@ -696,7 +696,7 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
 th, td { border: 1px solid #ddd; padding: 0.3em 0.5em; text-align: right; white-space: nowrap; }
 th { background: #f5f5f5; } thead th { text-align: center; }
 th.first, td.first { border-left: 2px solid #999; }
-td.name { text-align: left; } td.name small { display: block; color: #777; font-style: normal; }
+td.name { text-align: left; white-space: normal; min-width: 10em; max-width: 20em; } td.name small { display: block; color: #777; font-style: normal; }
 tr.reference td { color: #555; font-style: italic; background: #fafafa; }
 span.marks { display: block; font-size: 0.78em; line-height: 1.15; letter-spacing: 0.02em; }
 span.mark + span.mark { margin-left: 0.35em; }

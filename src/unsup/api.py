@@ -498,10 +498,10 @@ def _finished_pretraining(run_dir: Path, entry, seed: int) -> float | None:
     """The pretraining seconds of a finished run in ``run_dir`` that this entry and seed made (the same
     method, data, budget, resolved options and seed), or None: a bench whose probe was interrupted
     probes that run again instead of pretraining again."""
-    from .run import ENCODER, comparable_config
+    from .run import CONFIG, ENCODER, comparable_config
 
     run = RunDir(run_dir)
-    if not run.file("config.yaml").is_file() or not run.file(ENCODER).is_file():
+    if not run.file(CONFIG).is_file() or not run.file(ENCODER).is_file():
         return None
     try:
         config = run.read_config()

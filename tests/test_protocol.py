@@ -6,9 +6,11 @@ from __future__ import annotations
 import html.parser
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from scipy import stats as scipy_stats
 
 from unsup import cli
@@ -54,6 +56,18 @@ def test_merge_rows_keeps_each_encoder_and_pools_the_spread():
     assert row["accuracy_mean"] == pytest.approx(0.7) and row["inits"] == 2
     assert row["accuracies"] == pytest.approx([0.6, 0.8]) and row["accuracies_by_init"] == [[0.5, 0.7], [0.7, 0.9]]
     assert row["accuracy_std"] == pytest.approx(math.sqrt(0.02))  # over all four values
+
+
+def test_plan_summary_estimates_only_what_is_left(tmp_path):
+    from unsup.api import _plan_summary
+
+    plan = parse_plan({"budget": "10m", "entries": ["kmeans", "rotation", "simclr"]})
+    cpu = torch.device("cpu")
+    everything = _plan_summary(plan, tmp_path, cpu, jobs=1)
+    two_kept = _plan_summary(plan, tmp_path, cpu, jobs=1, kept={"kmeans", "simclr"})
+    minutes = [int(re.search(r"estimated wall-clock: about (\d+) min", s).group(1)) for s in (everything, two_kept)]
+    assert minutes[0] == 3 * minutes[1]  # three equal entries, two of them reused
+    assert "kmeans                   kept result, reused" in two_kept and "2 of them with a kept result" in two_kept
 
 
 def test_plan_validation_and_floors():

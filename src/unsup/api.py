@@ -366,8 +366,6 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
         plan = load_plan(plan, data, budget) if isinstance(plan, (str, Path)) else parse_plan(plan, "plan", data, budget)
     out = Path(out)
     t_start = time.perf_counter()
-    if not quiet and not report_only:
-        print(_plan_summary(plan, out, resolve_device(device), jobs), flush=True)
     done: dict[int, dict] = {}  # plan position -> result, kept or new
     reused = []
     failed: list[tuple[str, str]] = []  # (entry, why): reported at the end, retried by the next run
@@ -404,6 +402,8 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
             not_run.append(entry.name)
         else:
             todo.append((k, entry, spec, path))
+    if not quiet and not report_only:
+        print(_plan_summary(plan, out, resolve_device(device), jobs, kept=set(reused)), flush=True)
 
     def ordered() -> list[dict]:
         return [done[k] for k in sorted(done)]
@@ -560,11 +560,16 @@ def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, qui
 PROBE_SECONDS_GUESS = {"cpu": 240.0, "cuda": 30.0}
 
 
-def _plan_summary(plan, out: Path, device: torch.device, jobs: int = 1) -> str:
-    """The bench's plan before it starts: entries, budgets and an estimated wall-clock."""
-    lines = [f"bench: {len(plan.entries)} entries on {machine()}"]
+def _plan_summary(plan, out: Path, device: torch.device, jobs: int = 1, kept: set[str] = frozenset()) -> str:
+    """The bench's plan before it starts: entries, budgets and an estimated wall-clock of what is left to
+    run (entries in ``kept`` reuse their results and cost nothing)."""
+    lines = [f"bench: {len(plan.entries)} entries on {machine()}"
+             + (f", {len(kept)} of them with a kept result" if kept else "")]
     total = 0.0
     for e in plan.entries:
+        if e.name in kept:
+            lines.append(f"  {e.name:<24} kept result, reused")
+            continue
         b = parse_budget(e.budget)
         old = out / "results" / f"{e.name}.json"
         try:
@@ -576,8 +581,9 @@ def _plan_summary(plan, out: Path, device: torch.device, jobs: int = 1) -> str:
         lines.append(f"  {e.name:<24} budget {e.budget:<6} x {len(e.seeds)} seed(s): about "
                      + (f"{(train_s + probe_s) * len(e.seeds) / 60:.0f} min" if train_s else f"{probe_s / 60:.0f} min + pretraining"))
     side = f" ({jobs} processes side by side)" if jobs > 1 else ""
+    left = [e for e in plan.entries if e.name not in kept]
     lines.append(f"  estimated wall-clock: about {total / jobs / 60:.0f} min{side}"
-                 + ("" if all(parse_budget(e.budget).kind == "seconds" for e in plan.entries) else " plus the image-budget pretraining"))
+                 + ("" if all(parse_budget(e.budget).kind == "seconds" for e in left) else " plus the image-budget pretraining"))
     return "\n".join(lines)
 
 

@@ -10,8 +10,9 @@ import torch
 
 from unsup.data import load
 from unsup.errors import UnsupError
-from unsup.evaluate.generative import fcd, frechet_distance, load_trained_method, reference_classifier
+from unsup.evaluate.generative import fcd, frechet_distance, reference_classifier
 from unsup.registry import get_method
+from unsup.run import load_method
 from unsup.train.loop import TrainContext, train_loop
 
 TINY = {"g_width": 8, "d_width": 8, "batch_size": 32}
@@ -93,7 +94,7 @@ def test_pretrain_roundtrip_and_fcd_separates_real_from_noise(fm_small, tmp_path
     run = unsup.pretrain("dcgan", data=fm_small, budget="320", out=tmp_path / "run", quiet=True, monitor=False,
                          options={"g_width": 8, "d_width": 8})
     assert (run / "figures" / "arithmetic.png").is_file()
-    m = load_trained_method(run)
+    m = load_method(run, whole=True).eval()
     enc = unsup.load_encoder(run)
     x = test.images[:8].float() / 255
     assert torch.allclose(enc(x), m.encoder(x), atol=1e-5)

@@ -380,9 +380,9 @@ def test_family_metrics_pretext_accuracy_and_the_motorcycle_pair(fm, fm_small, t
 
     run = unsup.pretrain("stereo", data="fashion-mnist", budget="64", out=tmp_path / "s", quiet=True, monitor=False,
                          options={"batch_size": 32}, figures=False)
-    from unsup.evaluate.generative import load_trained_method
+    from unsup.run import load_method
 
-    st = load_trained_method(run).family_metrics("fashion-mnist", "cpu")
+    st = load_method(run, whole=True).eval().family_metrics("fashion-mnist", "cpu")
     assert set(st) == {"motorcycle_l1", "motorcycle_l1_no_shift", "motorcycle_l1_best_shift", "motorcycle_l1_vs_best_shift",
                        "motorcycle_rho"} and all(np.isfinite(v) for v in st.values())
     assert st["motorcycle_l1_best_shift"] < st["motorcycle_l1_no_shift"] and -1 <= st["motorcycle_rho"] <= 1

@@ -58,6 +58,21 @@ def test_merge_rows_keeps_each_encoder_and_pools_the_spread():
     assert row["accuracy_std"] == pytest.approx(math.sqrt(0.02))  # over all four values
 
 
+def test_the_probe_reads_family_metrics_from_the_whole_trained_method(fm_small, tmp_path):
+    """Family metrics need the trained heads: the probe's pretext accuracy is the trained network's, not a random head's."""
+    import unsup
+    from unsup.run import load_method
+
+    run = unsup.pretrain("rotation", data=fm_small, budget="1600", out=tmp_path / "r", quiet=True, monitor=False,
+                         options={"batch_size": 64}, figures=False)
+    got = probe_run(run, [10], 1, "cpu", references=False, family_metrics=True)["metrics"]
+    assert got == load_method(run, whole=True).eval().family_metrics(fm_small, "cpu")
+    assert got["pretext_accuracy"] > 0.4  # a random head reads about chance (0.25)
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(UnsupError, match="no checkpoint.pt; the heads and generators are kept only there"):
+        probe_run(run, [10], 1, "cpu", references=False, family_metrics=True)
+
+
 def test_plan_summary_estimates_only_what_is_left(tmp_path):
     from unsup.api import _plan_summary
 
@@ -220,6 +235,8 @@ def test_entries_side_by_side_equal_one_after_another(fm_small, tmp_path, capsys
         captured = capsys.readouterr()
         assert "broken failed:" in captured.err and "missing.npz" in captured.err
         runs[name] = {r["method"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+        header = (out / "leaderboard.md").read_text()
+        assert ("1 threads each, 2 entries side by side" in header) == (name == "two") and "1 threads" in header
     assert "2 processes side by side" in captured.out
     assert set(runs["one"]) == set(runs["two"]) == {"rotation", "kmeans"}
     for method in ("rotation", "kmeans"):

@@ -236,12 +236,12 @@ def test_error_gate_hysteresis_frozen_level_and_plateau():
 
 def test_family_metrics_against_copying_the_last_frame(fm_small, tmp_path):
     import unsup
-    from unsup.evaluate.generative import load_trained_method
+    from unsup.run import load_method
 
     data = f"moving:{fm_small}"
     run = unsup.pretrain("prednet", data=data, budget="4", out=tmp_path / "p", quiet=True, monitor=False, figures=False,
                          options={"batch_size": 2, "stack": [4, 8, 8], "r_stack": [4, 4, 8, 8], "train_frames": 3})
-    m = load_trained_method(run)
+    m = load_method(run, whole=True).eval()
     m.eval_sequences = 20
     got = m.family_metrics(data, "cpu")
     assert set(got) == {f"{w}_{k}" for w in ("next", "ahead10") for k in ("mse", "ssim", "copy_mse", "copy_ssim", "mse_vs_copy")}
@@ -252,7 +252,7 @@ def test_family_metrics_against_copying_the_last_frame(fm_small, tmp_path):
 
     run = unsup.pretrain("future-features", data=data, budget="4", out=tmp_path / "f", quiet=True, monitor=False,
                          figures=False, options={"batch_size": 2, "hidden": 32})
-    m = load_trained_method(run)
+    m = load_method(run, whole=True).eval()
     m.eval_sequences = 200
     got = m.family_metrics(data, "cpu")
     assert set(got) == {"future_retrieval_top1", "current_frame_top1"} and all(0 <= v <= 1 for v in got.values())

@@ -262,7 +262,9 @@ def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, s
     tta = time_to_accuracy(run.metrics())
     if tta is not None:
         result["time_to_accuracy"] = tta
-    metrics = method.family_metrics(config["data"], dev) if family_metrics and not in_memory else {}
+    # the family metrics read heads and generators: the whole trained method, not only its encoder
+    metrics = (load_method(run_dir, backbone=backbone, whole=True).eval().family_metrics(config["data"], dev)
+               if family_metrics and not in_memory else {})
     if metrics:
         result["metrics"] = metrics
     with RunLock(run.path, "unsup probe"):  # not while a pretrain rewrites this run
@@ -270,8 +272,8 @@ def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, s
     return result
 
 
-def machine() -> str:
-    """The CPU model (or GPU name) and thread count, for result headers."""
+def machine(threads: int | None = None) -> str:
+    """The CPU model (or GPU name) and thread count (``threads``, default torch's), for result headers."""
     import platform
 
     if torch.cuda.is_available():
@@ -281,7 +283,7 @@ def machine() -> str:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model}, {torch.get_num_threads()} threads"
+    return f"{model}, {threads or torch.get_num_threads()} threads"
 
 
 def _merge_seeds(results: list[dict]) -> dict:
@@ -372,7 +374,10 @@ def bench(data: str = "fashion-mnist", methods: list[str] | None = None, budget:
     not_run: list[str] = []  # report_only: entries without a kept result
 
     def report(rows: list[dict]) -> None:
-        meta = {"machine": machine(), "device": str(resolve_device(device)), "budget": ", ".join(sorted({e.budget for e in plan.entries})),
+        # the threads each entry ran with: with --jobs, the parent's own count says nothing of the entries'
+        per_entry = threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+        where = machine(per_entry) + (f" each, {jobs} entries side by side" if jobs > 1 else "")
+        meta = {"machine": where, "device": str(resolve_device(device)), "budget": ", ".join(sorted({e.budget for e in plan.entries})),
                 "date": time.strftime("%Y-%m-%d"), "protocol": PROTOCOL_VERSION, "title": plan.title, "split": plan.split}
         if not reused:  # with reused entries this command's time is not the bench's: the header sums the entries' own
             meta["wall_clock_seconds"] = round(time.perf_counter() - t_start, 1)

@@ -242,9 +242,12 @@ def build_method(config: dict):
     return cls(cfg, tuple(config["shape"]))
 
 
-def load_method(run_dir: str | Path, map_location: str = "cpu", backbone: torch.nn.Module | None = None):
-    """The method with its trained encoder weights loaded; ``backbone``: the
-    user's own module the run was pretrained with (``pretrain(..., backbone=)``)."""
+def load_method(run_dir: str | Path, map_location: str = "cpu", backbone: torch.nn.Module | None = None,
+                whole: bool = False):
+    """The method with its trained encoder weights loaded; ``whole``: every other
+    part too (heads, generators, decoders, from the run's final checkpoint), which
+    the family metrics need. ``backbone``: the user's own module the run was
+    pretrained with (``pretrain(..., backbone=)``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -257,6 +260,15 @@ def load_method(run_dir: str | Path, map_location: str = "cpu", backbone: torch.
                          "pass that module: load_encoder(run, backbone=module)")
     with user_backbone(backbone):
         method = build_method(config)
+    if whole:
+        state = run.load_checkpoint()
+        if state is None:
+            raise UnsupError(f"{run.path}: no {CHECKPOINT}; the heads and generators are kept only there (pretrain again)")
+        try:
+            method.load_state_dict(state["method"])
+        except (KeyError, RuntimeError) as e:
+            raise UnsupError(f"{run.path / CHECKPOINT}: does not fit the method in {CONFIG} "
+                             f"({str(e).splitlines()[0]}); pretrain again") from None
     p = run.file(ENCODER)
     if not p.is_file():
         raise UnsupError(f"{p}: no encoder weights; the run did not finish (resume it with --resume)")

@@ -131,19 +131,6 @@ def conditional_accuracy(clf: ReferenceClassifier, generated: torch.Tensor, want
     return float((classify(clf, generated) == wanted.cpu()).float().mean())
 
 
-def load_trained_method(run_dir):
-    """The whole trained method (generator included) from a run's final checkpoint."""
-    from ..run import RunDir, build_method
-
-    run = RunDir(run_dir)
-    method = build_method(run.read_config())
-    state = run.load_checkpoint()
-    if state is None:
-        raise UnsupError(f"{run.path}: no checkpoint.pt; the generator is only kept there (pretrain again)")
-    method.load_state_dict(state["method"])
-    return method.eval()
-
-
 def sample_fcd(method, clf: ReferenceClassifier, test, device="cpu", n: int = 5000) -> float:
     """FCD of ``n`` samples of a generative ``method`` (fixed seed) against the first ``n`` test images."""
     samples = method.to(device).eval().sample(n, device).cpu()

@@ -244,9 +244,9 @@ def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, s
         result["references"]["random_encoder"] = random_encoder_rows(method, train, test, budgets, seeds, dev,
                                                                      progress=label("random init"))
         if supervised:
-            backbone = getattr(method.cfg, "backbone", "small-convnet")
-            say(f"supervised reference ({backbone}; cached after its first run)")
-            sup = supervised_rows(train, test, budgets, seeds, backbone, dev, quiet,
+            named = getattr(method.cfg, "backbone", "small-convnet")
+            say(f"supervised reference ({named}; cached after its first run)")
+            sup = supervised_rows(train, test, budgets, seeds, named, dev, quiet,
                                   backbone_options=getattr(method.cfg, "backbone_options", None))
             result["references"]["supervised"] = sup
         shipped = [name.replace("_", " ") for name, rows in result["references"].items()

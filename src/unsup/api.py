@@ -24,7 +24,7 @@ from . import data as datasets
 from .errors import UnsupError
 from .evaluate import probe, random_encoder_rows, raw_pixel_rows, supervised_rows
 from .lock import RunLock
-from .methods.base import config_from_dict
+from .methods.base import Method, config_from_dict
 from .progress import bar as progress_bar
 from .registry import get_method
 from .run import PROBE, RunDir, atomic_write, load_method
@@ -262,9 +262,10 @@ def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, s
     tta = time_to_accuracy(run.metrics())
     if tta is not None:
         result["time_to_accuracy"] = tta
-    # the family metrics read heads and generators: the whole trained method, not only its encoder
-    metrics = (load_method(run_dir, backbone=backbone, whole=True).eval().family_metrics(config["data"], dev)
-               if family_metrics and not in_memory else {})
+    metrics = {}
+    if family_metrics and not in_memory and type(method).family_metrics is not Method.family_metrics:
+        # they read heads and generators: the whole trained method, not only its encoder
+        metrics = load_method(run_dir, backbone=backbone, whole=True).eval().family_metrics(config["data"], dev)
     if metrics:
         result["metrics"] = metrics
     with RunLock(run.path, "unsup probe"):  # not while a pretrain rewrites this run

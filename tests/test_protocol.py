@@ -222,6 +222,36 @@ def test_a_failed_entry_does_not_stop_the_bench(fm_small, tmp_path, monkeypatch,
     assert kept["kmeans"]["floors"][0]["met"] is True and "floors" not in kept["rotation"]
 
 
+def test_an_entry_given_more_seeds_pretrains_and_probes_only_the_new_ones(fm_small, tmp_path, monkeypatch, capsys):
+    """A one-seed entry that gains pretraining seeds keeps its finished run and probe; only the new seed is run."""
+    from unsup import api
+
+    calls = {"pretrain": [], "probe": []}
+    real_pretrain, real_probe = api.pretrain, api.probe_run
+    monkeypatch.setattr(api, "pretrain", lambda *a, **kw: calls["pretrain"].append(kw["seed"]) or real_pretrain(*a, **kw))
+    monkeypatch.setattr(api, "probe_run", lambda run, *a, **kw: calls["probe"].append(Path(run).name) or real_probe(run, *a, **kw))
+    plan = tmp_path / "plan.yaml"
+    entry = "  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n"
+    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n{entry}")
+    out = tmp_path / "bench"
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    one = json.loads((out / "results" / "kmeans.json").read_text())
+    plan.write_text(plan.read_text() + "    seeds: [0, 1]\n")
+    capsys.readouterr()
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert "(1 pretrained, 1 probed already)" in said and "reusing the finished pretraining and probe" in said
+    assert calls == {"pretrain": [0, 1], "probe": ["kmeans", "kmeans-seed1"]}  # seed 0 once, in the first bench
+    two = json.loads((out / "results" / "kmeans.json").read_text())
+    assert two["pretrain_seeds"] == [0, 1] and two["runs"][0] == one["run_dir"]
+    row = two["results"][0]
+    assert row["accuracies_by_run"][0] == one["results"][0]["accuracies"] and "vs_random" in row
+    # a probe with other settings is not reused: two label budgets probe both seeds again
+    plan.write_text(plan.read_text().replace("labels: [10]", "labels: [1, 10]"))
+    assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert calls["pretrain"] == [0, 1] and calls["probe"][2:] == ["kmeans", "kmeans-seed1"]
+
+
 def test_entries_side_by_side_equal_one_after_another(fm_small, tmp_path, capsys):
     """--jobs 2 runs entries in two processes with the results of one process; a failing entry is reported."""
     plan = tmp_path / "plan.yaml"

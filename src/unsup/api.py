@@ -201,6 +201,8 @@ def _labelled(data, role: str):
 def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, split, family_metrics, train, test, backbone) -> dict:
     from .evaluate.protocol import PROTOCOL_VERSION, add_intervals
 
+    t_start = time.perf_counter()
+    own_sets = train is None and test is None and backbone is None
     run = RunDir(run_dir)
     config = run.read_config()
     dev = resolve_device(device)
@@ -268,9 +270,18 @@ def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, s
         metrics = load_method(run_dir, backbone=backbone, whole=True).eval().family_metrics(config["data"], dev)
     if metrics:
         result["metrics"] = metrics
+    # what the probe ran with, so that a bench can reuse it for the same settings (None: sets the caller gave)
+    result["settings"] = probe_settings(budgets, seeds, split, references, supervised, family_metrics) if own_sets else None
+    result["probe_seconds"] = round(time.perf_counter() - t_start, 1)
     with RunLock(run.path, "unsup probe"):  # not while a pretrain rewrites this run
         atomic_write(run.file(PROBE), json.dumps(result, indent=2))
     return result
+
+
+def probe_settings(budgets, seeds: int, split: str, references: bool, supervised: bool, family_metrics: bool) -> dict:
+    """The settings a probe of a run's own probe sets depends on (kept in ``probe.json``)."""
+    return {"labels": [str(b) for b in budgets], "label_seeds": seeds, "split": split, "references": references,
+            "supervised": supervised, "family_metrics": family_metrics}
 
 
 def machine(threads: int | None = None) -> str:
@@ -521,34 +532,69 @@ def _finished_pretraining(run_dir: Path, entry, seed: int) -> float | None:
     return float(done[-1].get("pretrain_seconds", 0.0))
 
 
+def _seed_run_dir(out: Path, entry, seed: int) -> Path:
+    """Where one pretraining seed of an entry runs: OUT/runs/NAME for a one-seed entry, NAME-seedS for several; an
+    entry given more seeds keeps its finished one-seed run (NAME) for that seed."""
+    runs = out / "runs"
+    if len(entry.seeds) == 1:
+        return runs / entry.name
+    own = runs / f"{entry.name}-seed{seed}"
+    if _finished_pretraining(own, entry, seed) is None and _finished_pretraining(runs / entry.name, entry, seed) is not None:
+        return runs / entry.name
+    return own
+
+
+def _kept_probe(run_dir: Path, settings: dict) -> dict | None:
+    """The probe of a finished run that an earlier bench wrote with these settings, after the run's encoder was
+    written (so a seed that was probed is not probed again when the entry gains seeds), or None."""
+    from .run import ENCODER
+
+    run = RunDir(run_dir)
+    try:
+        if run.file(PROBE).stat().st_mtime < run.file(ENCODER).stat().st_mtime:
+            return None
+        old = json.loads(run.file(PROBE).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return old if isinstance(old, dict) and old.get("settings") == settings and "probe_seconds" in old else None
+
+
+def _entry_probe_settings(plan, entry) -> dict:
+    return probe_settings(plan.labels, plan.label_seeds, plan.split, True, entry.supervised, plan.family_metrics)
+
+
 def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, quiet: bool, fresh: bool = False) -> dict:
     """Pretrain and probe one bench entry (each of its pretraining seeds); its result, floors checked.
-    A finished pretraining of the entry already in its run directory is probed, not redone (unless ``fresh``)."""
+    A finished pretraining of the entry already in its run directory is not redone, and its probe with the
+    same settings is not redone either (unless ``fresh``)."""
     from .evaluate.protocol import add_intervals
     from .plan import check_floors
 
     per_seed = []
     for seed in entry.seeds:
-        run_dir = out / "runs" / (entry.name if len(entry.seeds) == 1 else f"{entry.name}-seed{seed}")
+        run_dir = _seed_run_dir(out, entry, seed)
         if not quiet:
             print(f"== [{k}/{n}] {entry.name} (seed {seed}): pretraining on {entry.data}, budget {entry.budget}",
                   flush=True)
         t0 = time.perf_counter()
         kept = None if fresh else _finished_pretraining(run_dir, entry, seed)
-        if kept is not None:  # the probe of an earlier bench did not finish: probe again, do not pretrain again
-            run = run_dir
+        res = None if kept is None else _kept_probe(run_dir, _entry_probe_settings(plan, entry))
+        if res is not None:
+            if not quiet:
+                print(f"== [{k}/{n}] {entry.name}: reusing the finished pretraining and probe in {run_dir}", flush=True)
+        elif kept is not None:  # the probe of an earlier bench did not finish: probe again, do not pretrain again
             if not quiet:
                 print(f"== [{k}/{n}] {entry.name}: reusing the finished pretraining in {run_dir}", flush=True)
         else:
-            run = pretrain(entry.method, data=entry.data, budget=entry.budget, out=run_dir, device=device, seed=seed,
-                           options=entry.options, overwrite=True, quiet=quiet)
+            pretrain(entry.method, data=entry.data, budget=entry.budget, out=run_dir, device=device, seed=seed,
+                     options=entry.options, overwrite=True, quiet=quiet)
         t1 = time.perf_counter()
-        if not quiet:
-            print(f"== [{k}/{n}] {entry.name}: probing ({(t1 - t0) if kept is None else kept:.0f} s pretraining)", flush=True)
-        res = probe_run(run, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split,
-                        family_metrics=plan.family_metrics, supervised=entry.supervised)
+        if res is None:
+            if not quiet:
+                print(f"== [{k}/{n}] {entry.name}: probing ({(t1 - t0) if kept is None else kept:.0f} s pretraining)", flush=True)
+            res = probe_run(run_dir, plan.labels, plan.label_seeds, device, quiet=quiet, split=plan.split,
+                            family_metrics=plan.family_metrics, supervised=entry.supervised)
         res["pretrain_seconds"] = round(t1 - t0 if kept is None else kept, 1)
-        res["probe_seconds"] = round(time.perf_counter() - t1, 1)
         per_seed.append(res)
     result = _merge_seeds(per_seed)
     result.update(method=entry.name, method_class=entry.method, spec=spec,
@@ -579,13 +625,19 @@ def _plan_summary(plan, out: Path, device: torch.device, jobs: int = 1, kept: se
         b = parse_budget(e.budget)
         old = out / "results" / f"{e.name}.json"
         try:
-            probe_s = float(json.loads(old.read_text())["probe_seconds"]) / len(e.seeds)
-        except (OSError, ValueError, KeyError, TypeError):
+            probe_s = float(json.loads(old.read_text())["probe_seconds"]) / len(json.loads(old.read_text())["pretrain_seeds"])
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
             probe_s = PROBE_SECONDS_GUESS.get(device.type, PROBE_SECONDS_GUESS["cpu"])
         train_s = b.value if b.kind == "seconds" else None
-        total += ((train_s or 0.0) + probe_s) * len(e.seeds)
-        lines.append(f"  {e.name:<24} budget {e.budget:<6} x {len(e.seeds)} seed(s): about "
-                     + (f"{(train_s + probe_s) * len(e.seeds) / 60:.0f} min" if train_s else f"{probe_s / 60:.0f} min + pretraining"))
+        # seeds whose pretraining (and probe) an earlier bench finished cost nothing of theirs again
+        pretrained = [s for s in e.seeds if _finished_pretraining(_seed_run_dir(out, e, s), e, s) is not None]
+        probed = [s for s in pretrained if _kept_probe(_seed_run_dir(out, e, s), _entry_probe_settings(plan, e)) is not None]
+        to_train, to_probe = len(e.seeds) - len(pretrained), len(e.seeds) - len(probed)
+        mine = (train_s or 0.0) * to_train + probe_s * to_probe
+        total += mine
+        kept_note = f" ({len(pretrained)} pretrained, {len(probed)} probed already)" if pretrained else ""
+        lines.append(f"  {e.name:<24} budget {e.budget:<6} x {len(e.seeds)} seed(s){kept_note}: about "
+                     + (f"{mine / 60:.0f} min" if train_s or not to_train else f"{mine / 60:.0f} min + pretraining"))
     side = f" ({jobs} processes side by side)" if jobs > 1 else ""
     left = [e for e in plan.entries if e.name not in kept]
     lines.append(f"  estimated wall-clock: about {total / jobs / 60:.0f} min{side}"

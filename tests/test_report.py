@@ -165,6 +165,28 @@ def test_curves_with_actual_all_count_and_no_all(tmp_path, results):
     assert "linear all" not in rows["simclr"]
 
 
+def test_many_methods_draw_one_panel_per_family(tmp_path, monkeypatch):
+    """Beyond ten methods the label-efficiency figure has a panel per family, each with its methods and references."""
+    from unsup.report import leaderboard
+    from unsup.report.leaderboard import _family_panels, _x_positions, budgets_of, build_entries
+
+    many = [_result(f"m{i}", "clustering" if i < 7 else "pretext", [0.4 + i / 100, 0.6, 0.7, 0.8], [0.4, 0.6, 0.7, 0.8],
+                    [0.3, 0.5, 0.6, 0.7]) for i in range(12)]
+    entries = build_entries(many)
+    panels = _family_panels(entries, _x_positions(many, budgets_of(entries))[0])
+    assert [name for name, _ in panels] == ["clustering", "pretext"]
+    assert [s.label for s in panels[1][1]] == ["m7", "m8", "m9", "m10", "m11", "raw pixels", "supervised"]
+    assert panels[1][1][0].points[0][1] == pytest.approx(47.0)  # m7 at 1 label per class, in percent
+    drawn = []
+    real = leaderboard.save_accuracy_panels
+    monkeypatch.setattr(leaderboard, "save_accuracy_panels", lambda panels, *a, **k: drawn.append(len(panels)) or real(panels, *a, **k))
+    for n, out in ((12, tmp_path / "many"), (3, tmp_path / "few")):  # ten or fewer methods: one plot
+        write_report(many[:n], out)
+        with Image.open(out / "curves.png") as im:
+            assert im.size[0] > 1.5 * im.size[1] > 400
+    assert drawn == [2]
+
+
 def test_format_rows(results):
     text = format_rows(results[0])
     lines = text.splitlines()

@@ -50,11 +50,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def _new_figure(figsize: tuple[float, float]):
+def _new_figure(figsize: tuple[float, float], layout: str | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -254,6 +254,43 @@ def save_accuracy_curves(
     or inside the axes where it hides the fewest points."""
     fig = _new_figure(figsize)
     ax = fig.add_subplot(1, 1, 1)
+    _draw_accuracy(ax, series, ticks, xlabel, ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if legend_inside:
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return save_figure(fig, path)
+
+
+def save_accuracy_panels(
+    panels: Sequence[tuple[str, Sequence[Series]]],
+    ticks: Sequence[tuple[float, str]],
+    path: str | os.PathLike,
+    title: str = "",
+    columns: int = 3,
+    xlabel: str = "labelled images per class",
+    ylabel: str = "test accuracy (%)",
+) -> Path:
+    """Small multiples: one accuracy plot (as ``save_accuracy_curves``) per ``(panel title, series)``, on a
+    shared y axis, each with its own legend: many methods stay readable where one plot would repeat colours."""
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = _new_figure((4.6 * columns, 3.4 * rows + 0.4), layout="constrained")
+    first = None
+    for i, (name, series) in enumerate(panels):
+        ax = fig.add_subplot(rows, columns, i + 1, sharey=first)
+        first = first or ax
+        _draw_accuracy(ax, series, ticks, xlabel if i >= len(panels) - columns else "", ylabel if i % columns == 0 else "")
+        ax.set_title(name, fontsize=10)
+        ax.legend(loc="best", fontsize=7, framealpha=0.85)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path)
+
+
+def _draw_accuracy(ax, series: Sequence[Series], ticks: Sequence[tuple[float, str]], xlabel: str, ylabel: str) -> None:
     for s in series:
         if not s.points:
             continue
@@ -275,11 +312,4 @@ def save_accuracy_curves(
         ax.set_xlim(lo / 1.5, hi * 1.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    if legend_inside:
-        ax.legend(loc="best", fontsize=8, framealpha=0.9)
-    else:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return save_figure(fig, path)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UnsupError
-from .figures import Series, _new_figure, atomic_path, atomic_write_text, save_accuracy_curves, save_figure
+from .figures import Series, _new_figure, atomic_path, atomic_write_text, save_accuracy_curves, save_accuracy_panels, save_figure
 
 DASH = "—"
 CLASSIFIER_LABELS = {"linear": "linear", "knn": "k-NN"}
@@ -60,6 +60,7 @@ class Entry:
     owner: str | None = None  # the method whose colour it takes ("random <method>" rows)
     note: str = ""  # what the spread is over, when not only label draws ("5 inits")
     supervised: Entry | None = None  # the supervised reference its gap is measured against
+    raw: Entry | None = None  # the raw-pixel reference on its probe sets
     time_to_raw: str | None = None  # training time until the k-NN monitor matched raw pixels (methods with a monitor)
 
     @property
@@ -189,11 +190,11 @@ def build_entries(results: list[dict]) -> list[Entry]:
                      _norm_rows(res["results"], f"{res['method']}: results"), owner=str(res["method"]), note=_seeds_note(res),
                      time_to_raw=_time_to_raw(res))
                for res in results]
-    raws, _ = _shared_reference(results, "raw_pixels", "raw pixels", "raw")
+    raws, raw_of = _shared_reference(results, "raw_pixels", "raw pixels", "raw")
     sups, sup_of = _shared_reference(results, "supervised", "supervised", "supervised")
     random_groups: dict[tuple, tuple[Entry, list[str]]] = {}  # methods with the same encoder share one random row
     for i, (res, method) in enumerate(zip(results, methods)):
-        method.supervised = sup_of.get(i)
+        method.supervised, method.raw = sup_of.get(i), raw_of.get(i)
         rows = _ref_rows(res, "random_encoder")
         if rows:
             entry, owners = random_groups.setdefault(_signature(rows), (
@@ -604,6 +605,10 @@ def save_label_curves(results: list[dict], path: Path, title: str | None = None)
     entries = build_entries(results)
     pos, actual = _x_positions(results, budgets_of(entries))
     methods = [e.name for e in entries if e.role == "method"]
+    dataset, budget = _describe(results)
+    title = title or f"Label efficiency on {dataset} (pretraining budget {budget}), linear probe"
+    if len(methods) > MAX_METHODS_WITH_RANDOM and len({e.family for e in entries if e.role == "method"}) > 1:
+        return save_accuracy_panels(_family_panels(entries, pos), _ticks(pos, actual), path, title)
     cmap = matplotlib.colormaps["tab10" if len(methods) <= 10 else "tab20"]
     colors = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
     styles = {
@@ -615,9 +620,26 @@ def save_label_curves(results: list[dict], path: Path, title: str | None = None)
     # with many methods their random references would double the lines: each method's own figure has its band
     shown = [e for e in entries if e.role != "random" or len(methods) <= MAX_METHODS_WITH_RANDOM]
     series = [Series(_legend_label(e.name), _points(e, pos), style=styles[e.role](e)) for e in shown]
-    dataset, budget = _describe(results)
-    return save_accuracy_curves(series, _ticks(pos, actual), path,
-                                title or f"Label efficiency on {dataset} (pretraining budget {budget}), linear probe")
+    return save_accuracy_curves(series, _ticks(pos, actual), path, title)
+
+
+def _family_panels(entries: list[Entry], pos: dict) -> list[tuple[str, list[Series]]]:
+    """One panel per method family: its methods (tab10 colours), and the raw-pixel and supervised
+    references of their probe sets, dashed and named without the list of every method they serve."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    panels = []
+    for family in dict.fromkeys(e.family for e in entries if e.role == "method"):
+        members = [e for e in entries if e.role == "method" and e.family == family]
+        series = [Series(e.name, _points(e, pos), style={"color": cmap(i % cmap.N), "marker": "o", "linewidth": 1.6})
+                  for i, e in enumerate(members)]
+        for key, name, style in (("raw", "raw pixels", RAW_STYLE), ("supervised", "supervised", SUPERVISED_STYLE)):
+            refs = list({id(r): r for r in (getattr(e, key) for e in members) if r is not None}.values())
+            series += [Series(name if len(refs) == 1 else f"{name} ({k + 1})", _points(r, pos), style=style)
+                       for k, r in enumerate(refs)]
+        panels.append((family or "methods", series))
+    return panels
 
 
 MAX_METHODS_WITH_RANDOM = 10  # the combined label-efficiency figure leaves random references out beyond this

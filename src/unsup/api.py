@@ -625,7 +625,8 @@ def _plan_summary(plan, out: Path, device: torch.device, jobs: int = 1, kept: se
         b = parse_budget(e.budget)
         old = out / "results" / f"{e.name}.json"
         try:
-            probe_s = float(json.loads(old.read_text())["probe_seconds"]) / len(json.loads(old.read_text())["pretrain_seeds"])
+            kept_result = json.loads(old.read_text())  # its probing time per seed
+            probe_s = float(kept_result["probe_seconds"]) / len(kept_result["pretrain_seeds"])
         except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
             probe_s = PROBE_SECONDS_GUESS.get(device.type, PROBE_SECONDS_GUESS["cpu"])
         train_s = b.value if b.kind == "seconds" else None

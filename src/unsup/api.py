@@ -559,8 +559,13 @@ def _kept_probe(run_dir: Path, settings: dict) -> dict | None:
     return old if isinstance(old, dict) and old.get("settings") == settings and "probe_seconds" in old else None
 
 
-def _entry_probe_settings(plan, entry) -> dict:
-    return probe_settings(plan.labels, plan.label_seeds, plan.split, True, entry.supervised, plan.family_metrics)
+def _kept_seed(out: Path, plan, entry, seed: int, fresh: bool = False) -> tuple[Path, float | None, dict | None]:
+    """One pretraining seed of an entry: its run directory, the seconds of its finished pretraining (None: to
+    pretrain) and its probe with this plan's settings (None: to probe)."""
+    run_dir = _seed_run_dir(out, entry, seed)
+    kept = None if fresh else _finished_pretraining(run_dir, entry, seed)
+    settings = probe_settings(plan.labels, plan.label_seeds, plan.split, True, entry.supervised, plan.family_metrics)
+    return run_dir, kept, None if kept is None else _kept_probe(run_dir, settings)
 
 
 def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, quiet: bool, fresh: bool = False) -> dict:
@@ -572,13 +577,11 @@ def _bench_entry(entry, k: int, n: int, plan, spec: dict, out: Path, device, qui
 
     per_seed = []
     for seed in entry.seeds:
-        run_dir = _seed_run_dir(out, entry, seed)
         if not quiet:
             print(f"== [{k}/{n}] {entry.name} (seed {seed}): pretraining on {entry.data}, budget {entry.budget}",
                   flush=True)
         t0 = time.perf_counter()
-        kept = None if fresh else _finished_pretraining(run_dir, entry, seed)
-        res = None if kept is None else _kept_probe(run_dir, _entry_probe_settings(plan, entry))
+        run_dir, kept, res = _kept_seed(out, plan, entry, seed, fresh)
         if res is not None:
             if not quiet:
                 print(f"== [{k}/{n}] {entry.name}: reusing the finished pretraining and probe in {run_dir}", flush=True)
@@ -631,8 +634,9 @@ def _plan_summary(plan, out: Path, device: torch.device, jobs: int = 1, kept: se
             probe_s = PROBE_SECONDS_GUESS.get(device.type, PROBE_SECONDS_GUESS["cpu"])
         train_s = b.value if b.kind == "seconds" else None
         # seeds whose pretraining (and probe) an earlier bench finished cost nothing of theirs again
-        pretrained = [s for s in e.seeds if _finished_pretraining(_seed_run_dir(out, e, s), e, s) is not None]
-        probed = [s for s in pretrained if _kept_probe(_seed_run_dir(out, e, s), _entry_probe_settings(plan, e)) is not None]
+        states = [_kept_seed(out, plan, e, s) for s in e.seeds]
+        pretrained = [st for st in states if st[1] is not None]
+        probed = [st for st in states if st[2] is not None]
         to_train, to_probe = len(e.seeds) - len(pretrained), len(e.seeds) - len(probed)
         mine = (train_s or 0.0) * to_train + probe_s * to_probe
         total += mine

@@ -6,8 +6,10 @@ for 28 and 32 px images, 7x7 and 8x8 tokens), and the position embeddings are
 the fixed 2-D sine-cosine ones MAE, I-JEPA and MoCo v3 use (``pos_embed="sincos"``;
 ``"learned"`` keeps timm's trained ones). ``pool="token"`` prepends a class
 token and takes it as the feature (MAE's linear probe); ``pool="avg"`` has no
-class token and averages the patch tokens, then layer-normalises (I-JEPA's
-probe). ``dynamic_size=True`` also takes images of other sizes (multi-crop's
+class token and averages the patch tokens. Either way the final layer norm acts
+on every token (``fc_norm=False``: timm would otherwise, for ``avg``, normalise
+the average instead), so the tokens a masked method passes on (I-JEPA's
+context to its predictor) are normalised, as in the papers' encoders. ``dynamic_size=True`` also takes images of other sizes (multi-crop's
 small local crops), interpolating the position embeddings (timm's
 ``dynamic_img_size``). A ``ViT`` is a timm ``VisionTransformer`` built by ``timm_arguments()``,
 so its state dict loads with ``strict=True`` into
@@ -74,7 +76,7 @@ class ViT(VisionTransformer):
             raise UnsupError(f"ViT embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         arguments = {"img_size": image_size, "patch_size": patch_size, "in_chans": in_channels, "num_classes": 0,
                      "global_pool": pool, "class_token": pool == "token", "embed_dim": embed_dim, "depth": depth,
-                     "num_heads": num_heads, **({"dynamic_img_size": True} if dynamic_size else {})}
+                     "num_heads": num_heads, "fc_norm": False, **({"dynamic_img_size": True} if dynamic_size else {})}
         super().__init__(**arguments)
         self.arguments = arguments
         self.out_dim = embed_dim

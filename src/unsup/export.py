@@ -15,7 +15,7 @@ Formats (``export_encoder(run_dir, fmt, out)``, ``unsup export RUN --format F --
   for a vit-tiny run, the ViT's own state dict for
   ``timm.create_model("vit_tiny_patch16_224", img_size=..., patch_size=...,
   in_chans=..., num_classes=0, global_pool=..., class_token=..., embed_dim=...,
-  depth=..., num_heads=...)`` with the run's values (the JSON gives the line);
+  depth=..., num_heads=..., fc_norm=False)`` with the run's values (the JSON gives the line);
   ``model(x)`` is then the pooled feature. Normalisation is not inside, as above.
 
 Every export writes ``<out>.json`` beside the file: input channels and size, the

@@ -1,0 +1,88 @@
+"""Choose I-JEPA's learning rate on held-in training images.
+
+    .venv/bin/python benchmarks/ijepa_lr.py --lr 1e-3 2.5e-4 1.25e-4 [--steps 86] [--every 43] [--options '{}']
+
+For each rate, one one-thread process (side by side, as many as the cores)
+trains I-JEPA for ``--steps`` steps of its batch (86 steps of 256 is what a
+10-minute budget of one core gives the 12-block ViT-tiny here), with the
+trainer's warm-up, cosine rate and momentum schedules over those steps, and
+reads the k-NN accuracy (k = 20) of the target encoder (the one evaluated)
+and of the context encoder every ``--every`` steps, and of the untrained
+network at step 0. The bank (2,000 images) and queries (1,000) come from the
+training split of Fashion-MNIST; the test split is not read. ``--options``
+(JSON) changes the method's config, e.g. a narrower ViT:
+``'{"backbone_options": {"depth": 4, "embed_dim": 96}, "predictor_width": 48, "batch_size": 128}'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+
+
+def knn_on(encoder, bank, queries) -> float:
+    from unsup.evaluate.features import extract_features
+    from unsup.evaluate.knn import knn_accuracy
+
+    encoder.eval()
+    fb, fq = extract_features(encoder, bank.images, "cpu"), extract_features(encoder, queries.images, "cpu")
+    encoder.train()
+    return knn_accuracy(fb, bank.labels, fq, queries.labels, bank.num_classes)
+
+
+def run(lr: float, options: dict, steps: int, every: int) -> dict:
+    from unsup.data import load
+    from unsup.methods.base import config_from_dict
+    from unsup.registry import get_method
+    from unsup.train.optim import lr_factor, make_optimizer, set_lr
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    train = load("fashion-mnist", "train")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))
+    bank, queries = train.subset(perm[:2000]), train.subset(perm[2000:3000])
+    method_cls = get_method("ijepa")
+    cfg = config_from_dict(method_cls.Config, {**options, "lr": lr})
+    method = method_cls(cfg, train.shape)
+    readings = [{"step": 0, "target": knn_on(method.encoder, bank, queries), "context": None, "loss": None}]
+    opt = make_optimizer(cfg.optimizer, [p for p in method.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        set_lr([opt], lr_factor(step / steps, cfg.warmup, cfg.schedule))
+        loss, _ = method.training_loss(train.images[torch.randint(0, len(train), (cfg.batch_size,))])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step(step / steps)
+        if (step + 1) % every == 0:
+            readings.append({"step": step + 1, "target": knn_on(method.encoder, bank, queries),
+                             "context": knn_on(method.context_encoder, bank, queries), "loss": float(loss)})
+            print(f"lr {lr:g} step {step + 1}: {readings[-1]}", flush=True)
+    return {"lr": lr, "seconds": round(time.perf_counter() - t0), "readings": readings}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lr", type=float, nargs="+", required=True)
+    p.add_argument("--steps", type=int, default=86)
+    p.add_argument("--every", type=int, default=43)
+    p.add_argument("--options", default="{}")
+    args = p.parse_args()
+    options = json.loads(args.options)
+    workers = min(len(args.lr), multiprocessing.cpu_count())
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(run, args.lr, [options] * len(args.lr), [args.steps] * len(args.lr),
+                                [args.every] * len(args.lr)))
+    for r in results:
+        marks = " ".join(f"{x['step']}: {100 * x['target']:.1f}" + (f"/{100 * x['context']:.1f}" if x["context"] else "")
+                         for x in r["readings"])
+        print(f"lr {r['lr']:g} ({r['seconds']} s): k-NN target/context {marks}")
+
+
+if __name__ == "__main__":
+    main()

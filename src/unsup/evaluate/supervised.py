@@ -67,22 +67,41 @@ REFIT_MAX = 10_000
 LR, WEIGHT_DECAY, WARMUP_STEPS = 1e-3, 5e-4, 50
 PATIENCE, DROPS = 2, 2
 MAX_EPOCHS, MAX_STEPS = 60, 4000
-# everything above is part of the cache key: a change recomputes the references
-SETTINGS = {"augment": augment_key(SUPERVISED_AUGMENT), "holdout": [HOLDOUT_SHARE, HOLDOUT_PER_CLASS], "fixed_steps": FIXED_STEPS,
-            "refit_max": REFIT_MAX, "lr": LR, "weight_decay": WEIGHT_DECAY, "warmup": WARMUP_STEPS, "patience": PATIENCE,
-            "drops": DROPS, "max_epochs": MAX_EPOCHS, "max_steps": MAX_STEPS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a reference's training depends on the size of its labelled set for;
+    its ``settings()`` (with the constants above) are the cache key."""
+
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)  # SUPERVISED_AUGMENT
+    weight_decay: float = WEIGHT_DECAY
+    holdout_per_class: int = HOLDOUT_PER_CLASS
+    fixed_steps: int = FIXED_STEPS
+
+    def settings(self) -> dict:
+        return {"augment": augment_key(self.augment), "holdout": [HOLDOUT_SHARE, self.holdout_per_class],
+                "fixed_steps": self.fixed_steps, "refit_max": REFIT_MAX, "lr": LR, "weight_decay": self.weight_decay,
+                "warmup": WARMUP_STEPS, "patience": PATIENCE, "drops": DROPS, "max_epochs": MAX_EPOCHS, "max_steps": MAX_STEPS}
+
+
+DEFAULT_RECIPE = Recipe()
 # a labelled set larger than REFIT_MAX: lighter augmentation (chosen on a
 # validation split of the training data: benchmarks/supervised_augment.py) and
 # a larger hold-out, whose readings are steadier (1,000 images put the first
 # rate drop on a noisy dip)
 LARGE_SET_AUGMENT = AugmentConfig(crop_scale=(0.6, 1.0), blur_prob=0.0)
-LARGE_SET_HOLDOUT_PER_CLASS = 500
-LARGE_SET_SETTINGS = {**SETTINGS, "augment": augment_key(LARGE_SET_AUGMENT), "holdout": [HOLDOUT_SHARE, LARGE_SET_HOLDOUT_PER_CLASS]}
+LARGE_SET_RECIPE = Recipe(augment=LARGE_SET_AUGMENT, holdout_per_class=500)
+
+
+def recipe_for(num_labels: int) -> Recipe:
+    """The recipe a reference on ``num_labels`` labelled images trains with."""
+    return LARGE_SET_RECIPE if num_labels > REFIT_MAX else DEFAULT_RECIPE
 
 
 def settings_for(num_labels: int) -> dict:
     """The settings a reference on ``num_labels`` labelled images runs with (its cache key)."""
-    return LARGE_SET_SETTINGS if num_labels > REFIT_MAX else SETTINGS
+    return recipe_for(num_labels).settings()
 
 
 def holdout_split(labels: torch.Tensor, seed: int, per_class: int = HOLDOUT_PER_CLASS) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -131,14 +150,14 @@ def _evaluate(model, images, labels) -> tuple[float, float]:
 def train_classifier(images, labels, backbone: str, num_classes: int, seed: int, device="cpu", steps: int | None = None,
                      drops_at: tuple[int, ...] = (), holdout=None, quiet: bool = True,
                      max_steps: int = MAX_STEPS, augment_config: AugmentConfig = SUPERVISED_AUGMENT,
-                     backbone_options: dict | None = None) -> tuple[nn.Module, dict]:
+                     backbone_options: dict | None = None, weight_decay: float = WEIGHT_DECAY) -> tuple[nn.Module, dict]:
     """Train on (images, labels). With ``holdout`` (images, labels) the length is
     chosen there (see the module docstring) and the best network is returned; with
     ``steps`` it trains exactly that long, dropping the rate at ``drops_at``."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = Classifier(backbone, images.shape[1:], num_classes, backbone_options).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WEIGHT_DECAY)
+    opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=weight_decay)
     n = len(images)
     batch = int(min(256, max(32, n)))
     eval_every = max(25, n // batch)
@@ -187,29 +206,31 @@ def train_classifier(images, labels, backbone: str, num_classes: int, seed: int,
 
 
 def supervised_reference(train, test, per_class, seed: int, backbone: str = "small-convnet", device="cpu",
-                         quiet: bool = True, max_steps: int = MAX_STEPS, backbone_options: dict | None = None) -> dict:
+                         quiet: bool = True, max_steps: int = MAX_STEPS, backbone_options: dict | None = None,
+                         recipe: Recipe | None = None) -> dict:
     """Train the reference on ``per_class`` labels per class (seed ``seed``) and
     score it on the test split: accuracy and how its length was chosen
     (``max_steps`` caps the length: tests use a small cap); ``backbone_options``
-    are the backbone factory's arguments."""
+    are the backbone factory's arguments; ``recipe`` replaces the one of the
+    set's size (to compare recipes on a validation split)."""
     idx = few_label_indices(train.labels, per_class, seed)
     images, labels = train.images[idx], train.labels[idx].cpu()
-    large = len(idx) > REFIT_MAX
-    split = holdout_split(labels, seed, LARGE_SET_HOLDOUT_PER_CLASS if large else HOLDOUT_PER_CLASS)
+    recipe = recipe or recipe_for(len(idx))
+    common = {"quiet": quiet, "backbone_options": backbone_options, "weight_decay": recipe.weight_decay,
+              "augment_config": recipe.augment}
+    split = holdout_split(labels, seed, recipe.holdout_per_class)
     if split is None:
-        model, info = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=min(FIXED_STEPS, max_steps), quiet=quiet,
-                                       backbone_options=backbone_options)
+        model, info = train_classifier(images, labels, backbone, train.num_classes, seed, device,
+                                       steps=min(recipe.fixed_steps, max_steps), **common)
         info["length"] = "fixed (one label per class: no hold-out)"
     else:
         fit, held = split
         model, info = train_classifier(images[fit], labels[fit], backbone, train.num_classes, seed, device,
-                                       holdout=(images[held], labels[held]), quiet=quiet, max_steps=max_steps,
-                                       augment_config=LARGE_SET_AUGMENT if large else SUPERVISED_AUGMENT,
-                                       backbone_options=backbone_options)
+                                       holdout=(images[held], labels[held]), max_steps=max_steps, **common)
         info["length"] = "chosen on the hold-out"
         if len(idx) <= REFIT_MAX:  # train again on every label for the chosen length
             model, _ = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=info["steps"],
-                                        drops_at=tuple(info["drops_at"]), quiet=quiet, backbone_options=backbone_options)
+                                        drops_at=tuple(info["drops_at"]), **common)
             info["refit_on_all_labels"] = True
     logits = extract_features(model, test.images, device)
     accuracy = float((logits.argmax(1) == test.labels.cpu()).float().mean())

@@ -1,6 +1,6 @@
 """Choose the supervised reference's recipe for the smallest labelled sets on a validation split.
 
-    .venv/bin/python benchmarks/supervised_small.py [--seeds 3]
+    .venv/bin/python benchmarks/supervised_small.py [--seeds 3] [--budgets 1 10]
 
 The training split of Fashion-MNIST is cut into 50k images to draw labels
 from and 10k to validate on (``unsup.api.validation_split``); the test split
@@ -10,8 +10,9 @@ candidate recipe trains the small convnet by the reference's own procedure
 class, else the length chosen on a hold-out inside the labelled images, then a
 refit on all of them) and is scored on the 10k validation images, beside the
 linear probe on raw pixels of the same draws (the floor the reference must
-not fall below). Jobs run in parallel one-thread processes. Prints a table
-and writes benchmarks/results/supervised_small.json.
+not fall below). Jobs run in parallel one-thread processes; each finished one is written to
+benchmarks/results/supervised_small.json at once, and a rerun does only the
+missing ones. Prints a table.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import json
 import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ CANDIDATES = {
                                                     blur_prob=0.0)),
     "100 steps": Recipe(fixed_steps=100),
     "1000 steps": Recipe(fixed_steps=1000),
+    "light augmentation, 1000 steps": Recipe(augment=LARGE_SET_AUGMENT, fixed_steps=1000),
 }
 # the fixed length only exists at one label per class
 FOR_BUDGET = {1: list(CANDIDATES), 10: ["current", "light augmentation", "weight decay 0.05", "no augmentation"]}
@@ -70,28 +72,44 @@ def raw_pixel_probe(seeds: int) -> dict:
     return {r["labels_per_class"]: r["accuracies"] for r in rows if r["classifier"] == "linear"}
 
 
+def table(results: list[dict], raw: dict) -> list[str]:
+    lines = ["| labels per class | recipe | validation accuracy (mean of draws) | per draw | steps |", "|---|---|---|---|---|"]
+    for n, names in FOR_BUDGET.items():
+        if n in raw:
+            lines.append(f"| {n} | linear probe on raw pixels | {100 * statistics.mean(raw[n]):.1f} | "
+                         f"{' '.join(f'{100 * a:.1f}' for a in raw[n])} | |")
+        for name in names:
+            rs = sorted((r for r in results if r["candidate"] == name and r["labels_per_class"] == n), key=lambda r: r["seed"])
+            if rs:
+                accs = [r["accuracy"] for r in rs]
+                lines.append(f"| {n} | {name} | {100 * statistics.mean(accs):.1f} | {' '.join(f'{100 * a:.1f}' for a in accs)} "
+                             f"| {' '.join(str(r['steps']) for r in rs)} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--budgets", type=int, nargs="+", default=list(FOR_BUDGET), help="labels per class (1, 10)")
     args = p.parse_args()
-    jobs = [(name, n, s) for n, names in FOR_BUDGET.items() for name in names for s in range(args.seeds)]
-    jobs.sort(key=lambda j: -j[1])  # the longer 10-label runs first, so the workers finish together
-    with ProcessPoolExecutor(multiprocessing.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(run, *zip(*jobs)))
-    raw = raw_pixel_probe(args.seeds)
-    lines = ["| labels per class | recipe | validation accuracy (mean of draws) | per draw | steps |", "|---|---|---|---|---|"]
-    for n, names in FOR_BUDGET.items():
-        lines.append(f"| {n} | linear probe on raw pixels | {100 * statistics.mean(raw[n]):.1f} | "
-                     f"{' '.join(f'{100 * a:.1f}' for a in raw[n])} | |")
-        for name in names:
-            rs = sorted((r for r in results if r["candidate"] == name and r["labels_per_class"] == n), key=lambda r: r["seed"])
-            accs = [r["accuracy"] for r in rs]
-            lines.append(f"| {n} | {name} | {100 * statistics.mean(accs):.1f} | {' '.join(f'{100 * a:.1f}' for a in accs)} | "
-                         f"{' '.join(str(r['steps']) for r in rs)} |")
-    print("\n".join(lines))
     out = Path(__file__).parent / "results" / "supervised_small.json"
-    out.write_text(json.dumps({"seeds": args.seeds, "candidates": {k: repr(v) for k, v in CANDIDATES.items()},
-                               "raw_pixel_linear": raw, "results": results, "table": lines}, indent=2))
+    # finished runs are kept as they come in, and a rerun does only the missing ones
+    results = json.loads(out.read_text())["results"] if out.is_file() else []
+    done = {(r["candidate"], r["labels_per_class"], r["seed"]) for r in results}
+    jobs = [(name, n, s) for n in args.budgets for name in FOR_BUDGET[n] for s in range(args.seeds) if (name, n, s) not in done]
+    jobs.sort(key=lambda j: -j[1])  # the longer 10-label runs first, so the workers finish together
+    raw = {int(k): v for k, v in raw_pixel_probe(args.seeds).items()}
+
+    def write():
+        out.write_text(json.dumps({"seeds": args.seeds, "candidates": {k: repr(v) for k, v in CANDIDATES.items()},
+                                   "raw_pixel_linear": raw, "results": results, "table": table(results, raw)}, indent=2))
+
+    with ProcessPoolExecutor(multiprocessing.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(run, *job) for job in jobs]):
+            results.append(future.result())
+            write()
+    write()
+    print("\n".join(table(results, raw)))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ trains I-JEPA for ``--steps`` steps of its batch (86 steps of 256 is what a
 trainer's warm-up, cosine rate and momentum schedules over those steps, and
 reads the k-NN accuracy (k = 20) of the target encoder (the one evaluated)
 and of the context encoder every ``--every`` steps, and of the untrained
-network at step 0. The bank (2,000 images) and queries (1,000) come from the
-training split of Fashion-MNIST; the test split is not read. ``--options``
+network at step 0, with the trainer's k-NN monitor (``KnnMonitor``: a bank of
+2,000 and 1,000 queries from the training split of Fashion-MNIST; the test
+split is not read). ``--options``
 (JSON) changes the method's config, e.g. a narrower ViT:
 ``'{"backbone_options": {"depth": 4, "embed_dim": 96}, "predictor_width": 48, "batch_size": 128}'``.
 """
@@ -25,31 +26,21 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 
-def knn_on(encoder, bank, queries) -> float:
-    from unsup.evaluate.features import extract_features
-    from unsup.evaluate.knn import knn_accuracy
-
-    encoder.eval()
-    fb, fq = extract_features(encoder, bank.images, "cpu"), extract_features(encoder, queries.images, "cpu")
-    encoder.train()
-    return knn_accuracy(fb, bank.labels, fq, queries.labels, bank.num_classes)
-
-
 def run(lr: float, options: dict, steps: int, every: int) -> dict:
     from unsup.data import load
     from unsup.methods.base import config_from_dict
     from unsup.registry import get_method
+    from unsup.train.monitor import KnnMonitor
     from unsup.train.optim import lr_factor, make_optimizer, set_lr
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     train = load("fashion-mnist", "train")
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))
-    bank, queries = train.subset(perm[:2000]), train.subset(perm[2000:3000])
+    knn = KnnMonitor(train)  # the trainer's k-NN monitor: 2,000 bank and 1,000 query images of the training split
     method_cls = get_method("ijepa")
     cfg = config_from_dict(method_cls.Config, {**options, "lr": lr})
     method = method_cls(cfg, train.shape)
-    readings = [{"step": 0, "target": knn_on(method.encoder, bank, queries), "context": None, "loss": None}]
+    readings = [{"step": 0, "target": knn.accuracy(method.encoder, "cpu"), "context": None, "loss": None}]
     opt = make_optimizer(cfg.optimizer, [p for p in method.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -60,8 +51,8 @@ def run(lr: float, options: dict, steps: int, every: int) -> dict:
         opt.step()
         method.after_step(step / steps)
         if (step + 1) % every == 0:
-            readings.append({"step": step + 1, "target": knn_on(method.encoder, bank, queries),
-                             "context": knn_on(method.context_encoder, bank, queries), "loss": float(loss)})
+            readings.append({"step": step + 1, "target": knn.accuracy(method.encoder, "cpu"),
+                             "context": knn.accuracy(method.context_encoder, "cpu"), "loss": float(loss)})
             print(f"lr {lr:g} step {step + 1}: {readings[-1]}", flush=True)
     return {"lr": lr, "seconds": round(time.perf_counter() - t0), "readings": readings}
 

@@ -98,7 +98,7 @@ def main() -> None:
     done = {(r["candidate"], r["labels_per_class"], r["seed"]) for r in results}
     jobs = [(name, n, s) for n in args.budgets for name in FOR_BUDGET[n] for s in range(args.seeds) if (name, n, s) not in done]
     jobs.sort(key=lambda j: -j[1])  # the longer 10-label runs first, so the workers finish together
-    raw = {int(k): v for k, v in raw_pixel_probe(args.seeds).items()}
+    raw = raw_pixel_probe(args.seeds)
 
     def write():
         out.write_text(json.dumps({"seeds": args.seeds, "candidates": {k: repr(v) for k, v in CANDIDATES.items()},

@@ -9,8 +9,9 @@ token and takes it as the feature (MAE's linear probe); ``pool="avg"`` has no
 class token and averages the patch tokens. Either way the final layer norm acts
 on every token (``fc_norm=False``: timm would otherwise, for ``avg``, normalise
 the average instead), so the tokens a masked method passes on (I-JEPA's
-context to its predictor) are normalised, as in the papers' encoders. ``dynamic_size=True`` also takes images of other sizes (multi-crop's
-small local crops), interpolating the position embeddings (timm's
+context to its predictor) are normalised, as in the papers' encoders.
+``dynamic_size=True`` also takes images of other sizes (multi-crop's small
+local crops), interpolating the position embeddings (timm's
 ``dynamic_img_size``). A ``ViT`` is a timm ``VisionTransformer`` built by ``timm_arguments()``,
 so its state dict loads with ``strict=True`` into
 ``timm.create_model("vit_tiny_patch16_224", **timm_arguments())``.

@@ -99,6 +99,13 @@ def test_supervised_length_is_chosen_without_the_test_split(fm_small):
     # one label per class: no hold-out exists, so the fixed length is used
     one = supervised.supervised_reference(train, test, 1, 0, max_steps=20)
     assert one["length"].startswith("fixed") and one["steps"] == 20
+    # a hold-out of 2 per class under a recipe that asks for 5: the fixed length, no hold-out readings
+    recipe = supervised.Recipe(min_holdout_per_class=5, fixed_steps=15)
+    few = supervised.supervised_reference(train, test, 10, 0, max_steps=80, recipe=recipe)
+    assert few["length"] == "fixed (a hold-out under 5 images per class)" and few["steps"] == 15 and "history" not in few
+    # the setting enters the cache key only when it is not the default, so keys made before it stay valid
+    assert "min_holdout_per_class" not in supervised.DEFAULT_RECIPE.settings()
+    assert recipe.settings()["min_holdout_per_class"] == 5
 
 
 def test_large_labelled_sets_search_l2_on_a_subset_and_rescale(monkeypatch):

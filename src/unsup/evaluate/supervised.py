@@ -78,11 +78,18 @@ class Recipe:
     weight_decay: float = WEIGHT_DECAY
     holdout_per_class: int = HOLDOUT_PER_CLASS
     fixed_steps: int = FIXED_STEPS
+    # a hold-out with fewer images of some class than this is too coarse to stop on (2 images per class read
+    # accuracy in steps of 5 points): such a set trains for the fixed length, as one label per class does
+    min_holdout_per_class: int = 1
 
     def settings(self) -> dict:
-        return {"augment": augment_key(self.augment), "holdout": [HOLDOUT_SHARE, self.holdout_per_class],
-                "fixed_steps": self.fixed_steps, "refit_max": REFIT_MAX, "lr": LR, "weight_decay": self.weight_decay,
-                "warmup": WARMUP_STEPS, "patience": PATIENCE, "drops": DROPS, "max_epochs": MAX_EPOCHS, "max_steps": MAX_STEPS}
+        settings = {"augment": augment_key(self.augment), "holdout": [HOLDOUT_SHARE, self.holdout_per_class],
+                    "fixed_steps": self.fixed_steps, "refit_max": REFIT_MAX, "lr": LR, "weight_decay": self.weight_decay,
+                    "warmup": WARMUP_STEPS, "patience": PATIENCE, "drops": DROPS, "max_epochs": MAX_EPOCHS,
+                    "max_steps": MAX_STEPS}
+        if self.min_holdout_per_class != 1:  # keys made before this setting existed stay valid
+            settings["min_holdout_per_class"] = self.min_holdout_per_class
+        return settings
 
 
 DEFAULT_RECIPE = Recipe()
@@ -219,10 +226,11 @@ def supervised_reference(train, test, per_class, seed: int, backbone: str = "sma
     common = {"quiet": quiet, "backbone_options": backbone_options, "weight_decay": recipe.weight_decay,
               "augment_config": recipe.augment}
     split = holdout_split(labels, seed, recipe.holdout_per_class)
-    if split is None:
+    if split is None or int(labels[split[1]].unique(return_counts=True)[1].min()) < recipe.min_holdout_per_class:
         model, info = train_classifier(images, labels, backbone, train.num_classes, seed, device,
                                        steps=min(recipe.fixed_steps, max_steps), **common)
-        info["length"] = "fixed (one label per class: no hold-out)"
+        info["length"] = ("fixed (one label per class: no hold-out)" if split is None else
+                          f"fixed (a hold-out under {recipe.min_holdout_per_class} images per class)")
     else:
         fit, held = split
         model, info = train_classifier(images[fit], labels[fit], backbone, train.num_classes, seed, device,

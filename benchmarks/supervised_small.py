@@ -1,6 +1,6 @@
 """Choose the supervised reference's recipe for the smallest labelled sets on a validation split.
 
-    .venv/bin/python benchmarks/supervised_small.py [--seeds 3] [--budgets 1 10] [--workers 2]
+    .venv/bin/python benchmarks/supervised_small.py [--seeds 3] [--budgets 1 10] [--workers 2] [--candidates NAME ...]
 
 The training split of Fashion-MNIST is cut into 50k images to draw labels
 from and 10k to validate on (``unsup.api.validation_split``); the test split
@@ -100,12 +100,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budgets", type=int, nargs="+", default=list(FOR_BUDGET), help="labels per class (1, 10)")
     p.add_argument("--workers", type=int, default=multiprocessing.cpu_count(), help="parallel one-thread processes")
+    p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), help="only these recipes (default: all)")
     args = p.parse_args()
     out = Path(__file__).parent / "results" / "supervised_small.json"
     # finished runs are kept as they come in, and a rerun does only the missing ones
     results = json.loads(out.read_text())["results"] if out.is_file() else []
     done = {(r["candidate"], r["labels_per_class"], r["seed"]) for r in results}
-    jobs = [(name, n, s) for n in args.budgets for name in FOR_BUDGET[n] for s in range(args.seeds) if (name, n, s) not in done]
+    jobs = [(name, n, s) for n in args.budgets for name in FOR_BUDGET[n] for s in range(args.seeds)
+            if (name, n, s) not in done and (not args.candidates or name in args.candidates)]
     jobs.sort(key=lambda j: -j[1])  # the longer 10-label runs first, so the workers finish together
     raw = raw_pixel_probe(args.seeds)
 
@@ -113,7 +115,7 @@ def main() -> None:
         out.write_text(json.dumps({"seeds": args.seeds, "candidates": {k: repr(v) for k, v in CANDIDATES.items()},
                                    "raw_pixel_linear": raw, "results": results, "table": table(results, raw)}, indent=2))
         page = [f"# {__doc__.splitlines()[0]}", "", "    .venv/bin/python benchmarks/supervised_small.py --workers 1", "",
-                f"Machine: {machine(1)} per run (one-thread processes). Recipes (the reference's `Recipe`; every other "
+                f"Machine: {machine(1).rsplit(',', 1)[0]}, one thread per run. Recipes (the reference's `Recipe`; every other "
                 "setting as `unsup.evaluate.supervised`): see `candidates` in supervised_small.json. Validation accuracy "
                 "on 10,000 images held out of the training split; the test split is not read.", "", *table(results, raw)]
         out.with_suffix(".md").write_text("\n".join(page) + "\n")

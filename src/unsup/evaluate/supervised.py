@@ -9,7 +9,8 @@ a hold-out inside the labelled subset, never on the test split.
   most ``HOLDOUT_PER_CLASS``, or ``LARGE_SET_HOLDOUT_PER_CLASS`` for a set of
   more than ``REFIT_MAX`` images). With one label per class no hold-out can keep
   every class in training, so a fixed length (``FIXED_STEPS``) is used, the way
-  the linear probe falls back to a fixed L2 there.
+  the linear probe falls back to a fixed L2 there; a recipe with
+  ``min_holdout_per_class`` uses it too when the hold-out has fewer images of a class.
 - Schedule: AdamW at a constant rate after a short warm-up; the hold-out
   accuracy is read every ``eval_every`` steps; on a plateau (``PATIENCE``
   readings without a gain) the rate drops tenfold, and after ``DROPS`` drops

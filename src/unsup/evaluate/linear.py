@@ -45,7 +45,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, 
         lse = torch.logsumexp(logits, 1, keepdim=True)
         loss = (lse - logits).mul_(onehot).sum() / len(x) + l2 * (w * w).sum()
         residual = logits.sub_(lse).exp_().sub_(onehot).div_(len(x))  # softmax - onehot, per image
-        w.grad = torch.addmm(w, x.T, residual, beta=2 * l2)
+        # x.T @ residual, computed as (residual.T @ x).T: with ten output columns BLAS ran the transposed
+        # product 18x slower (60k x 3,584 features, one core: 3.0 s against 0.17 s), most of an all-label probe
+        w.grad = torch.addmm(w.T, residual.T, x, beta=2 * l2).T.contiguous()
         b.grad = residual.sum(0)
         return loss
 

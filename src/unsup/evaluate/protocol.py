@@ -245,7 +245,7 @@ def supervised_key(train, test, backbone: str, n, seed: int, max_steps: int | No
     from ..nets import backbone_options as non_default
     from .supervised import MAX_STEPS, settings_for
 
-    settings = settings_for(len(few_label_indices(train.labels, n, seed)))
+    settings = settings_for(train.labels[few_label_indices(train.labels, n, seed)])
     settings = settings if max_steps in (None, MAX_STEPS) else {**settings, "max_steps": max_steps}
     options = non_default(backbone, backbone_options) if backbone_options else {}
     return {"kind": "supervised", **_data_key(train, test), "backbone": backbone,

@@ -115,12 +115,17 @@ def recipe_for(labels: torch.Tensor) -> Recipe:
         return LARGE_SET_RECIPE
     counts = torch.bincount(labels.cpu())
     fewest = int(counts[counts > 0].min())
-    return SMALL_SET_RECIPE if round(HOLDOUT_SHARE * fewest) < SMALL_SET_HOLDOUT else DEFAULT_RECIPE
+    return SMALL_SET_RECIPE if holdout_size(fewest, HOLDOUT_PER_CLASS) < SMALL_SET_HOLDOUT else DEFAULT_RECIPE
 
 
 def settings_for(labels: torch.Tensor) -> dict:
     """The settings a reference on labelled images of class ``labels`` runs with (its cache key)."""
     return recipe_for(labels).settings()
+
+
+def holdout_size(count: int, per_class: int) -> int:
+    """How many of a class's ``count`` labelled images the hold-out keeps."""
+    return max(1, min(per_class, round(HOLDOUT_SHARE * count)))
 
 
 def holdout_split(labels: torch.Tensor, seed: int, per_class: int = HOLDOUT_PER_CLASS) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -133,7 +138,7 @@ def holdout_split(labels: torch.Tensor, seed: int, per_class: int = HOLDOUT_PER_
     for c in torch.unique(labels).tolist():
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
-        k = max(1, min(per_class, round(HOLDOUT_SHARE * len(idx))))
+        k = holdout_size(len(idx), per_class)
         held.append(idx[:k])
         fit.append(idx[k:])
     return torch.sort(torch.cat(fit)).values, torch.sort(torch.cat(held)).values

@@ -12,8 +12,8 @@ into src/unsup/evaluate/shipped/, where ``unsup probe`` and ``unsup bench`` find
 them on a fresh machine. ``--bench`` does the same for the raw-pixel and
 random-encoder references of the default bench's methods (a random encoder that
 depends on learned parts, k-means' whitening, is drawn from a run pretrained as
-the bench does: same seed and budget; the reference is keyed by the weights
-themselves, so a machine whose run differs recomputes it). A user's cache
+the bench does: same seed and budget, and keyed by that run's settings, so every
+machine that runs the bench finds it). A user's cache
 always wins over a shipped file; delete the shipped files to make every machine
 recompute its own.
 """
@@ -33,6 +33,7 @@ from unsup.evaluate.protocol import (
     SHIPPED,
     cache_name,
     random_encoder_key,
+    random_encoder_origin,
     random_encoder_rows,
     random_encoders,
     raw_pixel_key,
@@ -43,6 +44,7 @@ from unsup.evaluate.protocol import (
 )
 from unsup.methods.base import Method
 from unsup.registry import get_method
+from unsup.run import RunDir
 
 
 def ship(names: list[str]) -> None:
@@ -59,18 +61,20 @@ def bench_references(data: str, budget: str, seeds: int, methods) -> None:
     for name in methods:
         cls = get_method(name)
         t0 = time.perf_counter()
+        config = None
         if cls.random_encoder is Method.random_encoder:
             method = cls(cls.Config(), _load_train(cls, data).shape)
         else:  # its random encoder keeps learned parts: pretrain as the bench does (seed 0, the same budget)
             with tempfile.TemporaryDirectory() as tmp:
                 run = Path(tmp) / name
                 pretrain(name, data=data, budget=budget, out=run, seed=0, quiet=True)
-                method = load_method(run)
+                method, config = load_method(run), RunDir(run).read_config()
         train, test = method.probe_datasets(data)
         raw_pixel_rows(train, test, DEFAULT_BUDGETS, seeds)
-        random_encoder_rows(method, train, test, DEFAULT_BUDGETS, seeds)
+        random_encoder_rows(method, train, test, DEFAULT_BUDGETS, seeds, run_config=config)
+        origin = random_encoder_origin(method, config)
         names += [cache_name(raw_pixel_key(train, test, DEFAULT_BUDGETS, seeds)),
-                  cache_name(random_encoder_key(random_encoders(method), train, test, DEFAULT_BUDGETS, seeds))]
+                  cache_name(random_encoder_key(random_encoders(method), train, test, DEFAULT_BUDGETS, seeds, origin))]
         print(f"{name}: raw pixels and random encoder ({time.perf_counter() - t0:.0f} s)", flush=True)
     ship(sorted(set(names)))
 

@@ -307,7 +307,7 @@ def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_small, 
     """k-means' random reference keeps the learned whitening: each init draws its own centroids."""
     from unsup.api import pretrain
     from unsup.evaluate.protocol import random_encoder_rows
-    from unsup.run import load_method
+    from unsup.run import RunDir, load_method
 
     run = pretrain("kmeans", data=fm_small, budget="3000", out=tmp_path / "km", device="cpu", quiet=True,
                    options={"num_centroids": 32, "num_patches": 5000}, monitor=False, figures=False)
@@ -316,7 +316,18 @@ def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_small, 
     rows = random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")
     by_init = rows[0]["accuracies_by_init"]
     assert rows[0]["inits"] == 3 and len({a for (a,) in by_init}) > 1
-    # cached by the initial weights: the same whitening is read back, another one is recomputed
+    # without the run's settings, cached by the initial weights: the same whitening is read back, another one is recomputed
     assert random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")[0]["source"] == "cache"
     method.encoder.mean += 1.0
     assert random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")[0]["source"] == "computed"
+    # with them (as `unsup probe` and the bench pass them), cached by those settings: a whitening whose
+    # last bits differ (another CPU's run of the same settings) finds the reference; another seed does not
+    config = RunDir(run).read_config()
+
+    def source(config) -> str:
+        return random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu", run_config=config)[0]["source"]
+
+    assert source(config) == "computed" and source(config) == "cache"
+    method.encoder.whiten.mul_(1 + 1e-6)
+    assert source(config) == "cache"
+    assert source({**config, "seed": config["seed"] + 1}) == "computed"

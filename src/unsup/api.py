@@ -244,7 +244,7 @@ def _probe_run(run_dir, budgets, seeds, device, references, supervised, quiet, s
         result["references"]["raw_pixels"] = raw_pixel_rows(train, test, budgets, seeds, label("raw pixels"))
         say("random-encoder reference (3 initialisations)")
         result["references"]["random_encoder"] = random_encoder_rows(method, train, test, budgets, seeds, dev,
-                                                                     progress=label("random init"))
+                                                                     progress=label("random init"), run_config=config)
         if supervised:
             named = getattr(method.cfg, "backbone", "small-convnet")
             say(f"supervised reference ({named}; cached after its first run)")

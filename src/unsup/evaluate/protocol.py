@@ -218,21 +218,39 @@ def random_encoders(method, inits: int = RANDOM_INITS) -> list:
     return encoders
 
 
-def random_encoder_key(encoders, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3) -> dict:
+# the run settings that decide a learned part of a random encoder (see random_encoder_origin)
+ORIGIN_FIELDS = ("method", "data", "budget", "seed", "world_size", "options")
+
+
+def random_encoder_origin(method, run_config: dict | None) -> dict | None:
+    """What a random encoder that keeps learned parts (k-means' whitening and
+    centroid scale) is keyed by: the settings of the pretraining run those parts
+    came from. Its weights cannot be the key: their last bits differ between
+    CPUs (an eigendecomposition, float sums), so a reference shipped from one
+    machine would never be found on another. None for a wholly random encoder,
+    keyed by its weights."""
+    from ..methods.base import Method
+
+    if type(method).random_encoder is Method.random_encoder or run_config is None:
+        return None
+    return {k: run_config.get(k) for k in ORIGIN_FIELDS}
+
+
+def random_encoder_key(encoders, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, origin: dict | None = None) -> dict:
+    identity = {"learned_from": origin} if origin is not None else {"weights": _weights_digest(encoders)}
     return {"kind": "random-encoder", **_data_key(train, test), "architecture": repr(encoders[0]),
-            "weights": _weights_digest(encoders), "budgets": list(budgets), "seeds": seeds, "inits": len(encoders),
-            "linear_probe": LINEAR_SOLVER}
+            **identity, "budgets": list(budgets), "seeds": seeds, "inits": len(encoders), "linear_probe": LINEAR_SOLVER}
 
 
 def random_encoder_rows(method, train, test, budgets=DEFAULT_BUDGETS, seeds: int = 3, device="cpu",
-                        inits: int = RANDOM_INITS, progress: str | None = None) -> list[dict]:
+                        inits: int = RANDOM_INITS, progress: str | None = None, run_config: dict | None = None) -> list[dict]:
     """The random-weights reference over ``inits`` initialisations of the method's
     encoder (seeds 10_000 + i). Cached by the initial weights themselves, so
-    methods sharing a backbone share one reference, and a random encoder that
-    depends on learned parts (k-means' whitening) is recomputed only when they
-    change."""
+    methods sharing a backbone share one reference; a random encoder that keeps
+    learned parts is cached by the settings of the run it was drawn from
+    (``run_config``, see random_encoder_origin)."""
     encoders = random_encoders(method, inits)
-    key = random_encoder_key(encoders, train, test, budgets, seeds)
+    key = random_encoder_key(encoders, train, test, budgets, seeds, random_encoder_origin(method, run_config))
     return cached(key, lambda: merge_rows([probe(e.to(device), train, test, budgets, seeds, device,
                                                  progress and f"{progress} {i + 1}/{inits}") for i, e in enumerate(encoders)], "init"))
 

@@ -342,6 +342,12 @@ def test_v5_report_page_structure(tmp_path, v5_results):
     assert "gabor_share" in text and "MISSED" in text and "not measured" in text and " met " in text
     assert "At this budget (20k) denoising-autoencoder does not beat raw pixels" in text
     assert "kmeans does not beat" not in text
+    # a method's figure caption names the references it draws: a result without the supervised one leaves it out
+    assert "raw pixels, random encoder (band: mean ± std over inits), supervised." in text
+    bare = [{**r, "references": {k: v for k, v in r["references"].items() if k != "supervised"}} for r in v5_results]
+    write_report(bare, tmp_path / "bare", command="unsup bench", meta=META)
+    bare_text = " ".join(" ".join(_parse(tmp_path / "bare" / "report.html").text).split())
+    assert "random encoder (band: mean ± std over inits)." in bare_text and "), supervised." not in bare_text
 
 
 def test_v5_csv_json_markdown(tmp_path, v5_results):

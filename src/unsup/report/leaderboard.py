@@ -854,9 +854,11 @@ def _method_section(res: dict, items: list, curve: str | None) -> list[str]:
     parts += [f'<p class="verdict">{_html_text(v)}</p>' for v in verdicts(res)]
     parts.append('<div class="top">')
     if curve:
+        refs = res.get("references") or {}
+        drawn = [words for key, words in (("raw_pixels", "raw pixels"), ("random_encoder", "random encoder (band: mean ± std over inits)"),
+                                          ("supervised", "supervised")) if refs.get(key)]
         parts.append(f'<figure class="curve"><img src="{esc(curve)}" alt="{esc(name)}: accuracy against labelled images '
-                     'per class"><figcaption>Label efficiency: linear probe, raw pixels, random encoder (band: mean ± std '
-                     "over inits), supervised.</figcaption></figure>")
+                     f'per class"><figcaption>Label efficiency: {esc(", ".join(["linear probe", *drawn]))}.</figcaption></figure>')
     parts.append("<div>")
     metrics = _metrics(res)
     if metrics:

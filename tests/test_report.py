@@ -379,6 +379,15 @@ def test_v5_csv_json_markdown(tmp_path, v5_results):
     assert "30.0 ± 2.0 ▼P" in text and "significantly above/below" in text
 
 
+def test_the_legend_names_the_split_it_read(tmp_path, v5_results):
+    write_report(v5_results, tmp_path / "test", meta=META)
+    assert "Accuracy in percent on the test split" in (tmp_path / "test" / "leaderboard.md").read_text()
+    screen = [{**res, "split": "validation"} for res in v5_results]  # a screen on the training split's hold-out
+    write_report(screen, tmp_path / "val", meta=META)
+    md = (tmp_path / "val" / "leaderboard.md").read_text()
+    assert "on the test split" not in md and "the validation split; the test split is not read" in md
+
+
 def test_methods_with_different_supervised_references(tmp_path, v5_results):
     """Each method's gap is measured against its own supervised reference; both are shown, named."""
     v5_results[1]["references"]["supervised"] = _rows("supervised", [0.30, 0.55, 0.70, 0.80])

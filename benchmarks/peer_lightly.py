@@ -36,14 +36,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 METHODS = ("simclr", "byol", "barlow-twins")
-BATCH = 256
 LOADER_WORKERS = min(8, os.cpu_count() or 1)  # lightly's examples use 8 workers; capped at this machine's cores
 
 
 # --------------------------------------------------------------------------------------------
 # the peer: lightly's example pipeline, run in a subprocess with lightly on PYTHONPATH
 # --------------------------------------------------------------------------------------------
-def peer_main(method: str, seconds: float, out: str, seed: int) -> None:
+def peer_main(method: str, seconds: float, out: str, seed: int, batch_size: int | None = None) -> None:
     import lightly
     from lightly.loss import BarlowTwinsLoss, NegativeCosineSimilarity, NTXentLoss
     from lightly.models.modules import BarlowTwinsProjectionHead, BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
@@ -61,7 +60,8 @@ def peer_main(method: str, seconds: float, out: str, seed: int) -> None:
     from unsup.registry import get_method
 
     torch.manual_seed(seed)
-    cfg = config_from_dict(get_method(method).Config, None)  # unsup's defaults for this method: what is matched
+    # unsup's defaults for this method (and the batch both sides were given): what is matched
+    cfg = config_from_dict(get_method(method).Config, {"batch_size": batch_size} if batch_size else None)
     aug = cfg.augment
     train = load("fashion-mnist", "train")
     images = train.images[:, 0].numpy()  # uint8 (N, 28, 28)
@@ -194,14 +194,14 @@ def peer_main(method: str, seconds: float, out: str, seed: int) -> None:
 # --------------------------------------------------------------------------------------------
 # the driver
 # --------------------------------------------------------------------------------------------
-def run_unsup(method: str, seconds: float, workdir: Path, seed: int):
+def run_unsup(method: str, seconds: float, workdir: Path, seed: int, batch_size: int):
     import unsup
     from unsup.run import RunDir
 
     out = workdir / f"unsup-{method}"
     t0 = time.perf_counter()
     run = unsup.pretrain(method, data="fashion-mnist", budget=f"{seconds:g}s", out=out, device="cpu", seed=seed,
-                         quiet=True, monitor=False, figures=False, tensorboard=False, overwrite=True)
+                         options={"batch_size": batch_size}, quiet=True, monitor=False, figures=False, tensorboard=False, overwrite=True)
     wall = time.perf_counter() - t0
     # pretrain returns only the run directory: the loop's images and seconds are in its metrics.jsonl "done" record
     done = [r for r in RunDir(run).metrics() if r.get("event") == "done"][-1]
@@ -210,13 +210,13 @@ def run_unsup(method: str, seconds: float, workdir: Path, seed: int):
                      "pretrain_call_seconds": wall, "run_dir": str(run)}
 
 
-def run_lightly(method: str, seconds: float, workdir: Path, seed: int, lightly_path: str):
+def run_lightly(method: str, seconds: float, workdir: Path, seed: int, lightly_path: str, batch_size: int):
     from unsup.nets import build_encoder
 
     out = workdir / f"lightly-{method}.pt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (lightly_path, os.environ.get("PYTHONPATH")) if p))
     cmd = [sys.executable, __file__, "--peer-worker", method, "--seconds", str(seconds), "--peer-out", str(out),
-           "--seed", str(seed)]
+           "--seed", str(seed), "--batch-size", str(batch_size)]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True)
     wall = time.perf_counter() - t0
@@ -246,6 +246,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     ap.add_argument("--smoke", action="store_true", help="a tiny budget and a small probe, to check the script")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, help="one batch size for every method, both sides (default: each "
+                    "method's own default in unsup, given to lightly too)")
     ap.add_argument("--lightly-path", default="/tmp/lightly-pkgs", help="a pip --target directory holding lightly 1.6")
     ap.add_argument("--out", default=str(RESULTS / "peer_lightly"), help="results stem (.md and .json are written)")
     ap.add_argument("--render", metavar="JSON", help="only write the Markdown page of a results JSON written earlier")
@@ -253,7 +255,7 @@ def main() -> None:
     ap.add_argument("--peer-out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.peer_worker:
-        return peer_main(args.peer_worker, args.seconds, args.peer_out, args.seed)
+        return peer_main(args.peer_worker, args.seconds, args.peer_out, args.seed, args.batch_size)
     if args.render:
         record = json.loads(Path(args.render).read_text())
         for libs in record["methods"].values():  # the summaries again from the protocol's rows
@@ -268,6 +270,7 @@ def main() -> None:
 
     from unsup.data import load
     from unsup.evaluate.protocol import probe
+    from unsup.registry import get_method
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -281,7 +284,7 @@ def main() -> None:
     command = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
     started = datetime.datetime.now(datetime.UTC)
     record = {"command": command, "date": started.isoformat(timespec="seconds"), "seconds_budget": seconds,
-              "batch_size": BATCH, "backbone": "small-convnet", "probe": {"budgets": list(budgets), "seeds": seeds,
+              "backbone": "small-convnet", "probe": {"budgets": list(budgets), "seeds": seeds,
                                                                            "train": len(train), "test": len(test)},
               "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
@@ -294,10 +297,12 @@ def main() -> None:
             for lib in ("unsup", "lightly"):
                 la = load_avg()
                 print(f"[{time.strftime('%H:%M:%S')}] {method}: {lib} training {seconds:g}s (load {la})", flush=True)
+                batch = args.batch_size or get_method(method).Config().batch_size
+                record["methods"].setdefault(method, {})["batch_size"] = batch
                 if lib == "unsup":
-                    enc, stats = run_unsup(method, seconds, work, args.seed)
+                    enc, stats = run_unsup(method, seconds, work, args.seed, batch)
                 else:
-                    enc, stats = run_lightly(method, seconds, work, args.seed, args.lightly_path)
+                    enc, stats = run_lightly(method, seconds, work, args.seed, args.lightly_path, batch)
                 stats["loadavg_before"] = la
                 stats["loadavg_after"] = load_avg()
                 stats["images_per_s"] = stats["images_seen"] / stats["seconds"]
@@ -329,7 +334,8 @@ def main() -> None:
 MATCHED = [
     "backbone: the same module class, `unsup.nets.build_encoder(\"small-convnet\", 1, 28, {})` (a 256-d VGG-style "
     "convnet), trained as `encoder.net`; the saved state_dict loads behind unsup's Encoder for the probe",
-    "batch size 256 (lightly's examples also use 256), `shuffle=True, drop_last=True` as in the examples",
+    "batch size: the method's default in unsup (or `--batch-size`), the same on both sides (lightly's examples use "
+    "256), `shuffle=True, drop_last=True` as in the examples",
     "image size: `input_size=28` (the examples' 32 for CIFAR-10, 224 by default)",
     "normalisation: `normalize={mean: [0.5], std: [0.25]}`, the unsup Encoder's own (lightly's default is ImageNet's "
     "3-channel statistics, which does not apply to one-channel images)",
@@ -386,7 +392,7 @@ def render_md(record) -> str:
              f"{record['probe']['seeds']} label draws per budget).", "",
              f"- command: `{record['command']}`",
              f"- date: {record['date']}",
-             f"- budget: {record['seconds_budget']:g} s of training per run; batch size {record['batch_size']}; "
+             f"- budget: {record['seconds_budget']:g} s of training per run; batch size in the table; "
              f"backbone {record['backbone']}",
              f"- machine: {cores}-core CPU ({m['processor']}), torch {m['torch']} with {m['threads']} threads, "
              f"Python {m['python']}, run at nice {m['nice']}; lightly {next(iter(record['methods'].values()))['lightly']['lightly_version']} "
@@ -424,9 +430,10 @@ def fmt(cell) -> str:
 
 
 def table(record) -> str:
-    lines = ["| method | library | images/s | unsup / lightly | linear@10 | linear@100 | k-NN@10 | k-NN@100 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | batch | library | images/s | unsup / lightly | linear@10 | linear@100 | k-NN@10 | k-NN@100 |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for method, libs in record["methods"].items():
+        batch = libs.get("batch_size", record.get("batch_size"))  # a record made before the batch was per method
         for lib in ("unsup", "lightly"):
             s = libs[lib]
             pr = s.get("probe", {})
@@ -435,7 +442,7 @@ def table(record) -> str:
                 ips = f"{s['images_per_s_excl_startup']:.0f} ({s['images_per_s']:.0f} incl. startup)"
             ratio = f"{libs['ratio_images_per_s']:.2f}x" if lib == "unsup" else ""
             lin, knn = pr.get("linear", {}), pr.get("knn", {})
-            lines.append(f"| {method} | {lib} | {ips} | {ratio} | {fmt(lin.get('10'))} | {fmt(lin.get('100'))} | "
+            lines.append(f"| {method} | {batch} | {lib} | {ips} | {ratio} | {fmt(lin.get('10'))} | {fmt(lin.get('100'))} | "
                          f"{fmt(knn.get('10'))} | {fmt(knn.get('100'))} |")
     return "\n".join(lines)
 

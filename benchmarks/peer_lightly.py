@@ -294,11 +294,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="peer_lightly-") as tmp:
         work = Path(tmp)
         for method in methods:  # alternate: unsup, lightly, unsup, lightly, ...
+            batch = args.batch_size or get_method(method).Config().batch_size
+            record["methods"][method] = {"batch_size": batch}
             for lib in ("unsup", "lightly"):
                 la = load_avg()
                 print(f"[{time.strftime('%H:%M:%S')}] {method}: {lib} training {seconds:g}s (load {la})", flush=True)
-                batch = args.batch_size or get_method(method).Config().batch_size
-                record["methods"].setdefault(method, {})["batch_size"] = batch
                 if lib == "unsup":
                     enc, stats = run_unsup(method, seconds, work, args.seed, batch)
                 else:
@@ -310,7 +310,7 @@ def main() -> None:
                     stats["images_per_s_excl_startup"] = stats["images_seen"] / (stats["seconds"] - stats["startup_seconds"])
                 print(f"    {stats['images_seen']} images in {stats['seconds']:.1f}s: {stats['images_per_s']:.0f} img/s",
                       flush=True)
-                record["methods"].setdefault(method, {})[lib] = stats
+                record["methods"][method][lib] = stats
                 encoders[(method, lib)] = enc
         record["machine"]["loadavg_after_training"] = load_avg()
         for (method, lib), enc in encoders.items():

@@ -431,10 +431,8 @@ def header_facts(results: list[dict], meta: dict | None = None) -> list[tuple[st
 def legend(table: Table, results: list[dict]) -> list[str]:
     """The sentences under the table that say how to read it."""
     key = sort_budget(table.budgets)
-    splits = {r.get("split", "test") for r in results}
-    where = {"validation": "a held-out sixth of the training split (the validation split; the test split is not read)",
-             "test": "the test split"}
-    on = " or ".join(where.get(s, f"the {s} split") for s in sorted(splits)) if splits else "the test split"
+    where = {"validation": "a fixed hold-out of the training split (the validation split; the test split is not read)"}
+    on = " or ".join(where.get(s, f"the {s} split") for s in sorted({r.get("split", "test") for r in results} or {"test"}))
     lines = [
         f"Accuracy in percent on {on}, mean ± std over label draws (random-encoder rows: over random "
         "initialisations and label draws; methods with several pretraining seeds: over those too). Sorted by "

@@ -4,6 +4,10 @@ test never leaks into another."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +17,22 @@ import torch
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("UNSUP_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """Run ``ARGS`` as two processes under ``torchrun`` (a free port, one thread
+    each) and return the finished process; a failure shows what the processes
+    printed (the head of stderr), not only the launcher's traceback (its tail)."""
+
+    def run(*args, timeout: int = 300, cwd=None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, f"{done.stderr[:2500]}\n...\n{done.stderr[-800:]}"
+        return done
+
+    return run
 
 
 @pytest.fixture(scope="session")

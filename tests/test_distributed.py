@@ -4,20 +4,14 @@ replicas identical."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import torch
 from safetensors.torch import load_file
 
 
-def test_torchrun_two_processes_simclr(fm_small, tmp_path):
+def test_torchrun_two_processes_simclr(fm_small, tmp_path, torchrun):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "unsup.cli", "pretrain", "simclr", "--data", fm_small, "--budget", "512", "--out", str(out),
-           "-o", "batch_size=64", "--device", "cpu", "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", **_env()})
-    assert done.returncode == 0, done.stderr[-2000:]
+    torchrun("-m", "unsup.cli", "pretrain", "simclr", "--data", fm_small, "--budget", "512", "--out", out,
+             "-o", "batch_size=64", "--device", "cpu", "--quiet", timeout=600)
     assert (out / "encoder.safetensors").is_file()
     import yaml
 
@@ -32,12 +26,6 @@ def test_torchrun_two_processes_simclr(fm_small, tmp_path):
     assert len(replicas) == 1 and replicas[0]["identical"], replicas
     assert len(set(replicas[0]["start_digests"])) == 1 and len(set(replicas[0]["end_digests"])) == 1
     assert replicas[0]["start_digests"] != replicas[0]["end_digests"]  # and they trained
-
-
-def _env():
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
 
 
 REPLICA_SCRIPT = r'''
@@ -66,12 +54,10 @@ dist.destroy_process_group()
 '''
 
 
-def test_replicas_stay_identical_and_gather_has_gradients(fm_small, tmp_path):
+def test_replicas_stay_identical_and_gather_has_gradients(fm_small, tmp_path, torchrun):
     script = tmp_path / "replicas.py"
     script.write_text(REPLICA_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", str(script), fm_small]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1", **_env()})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun(script, fm_small, timeout=600)
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("MAXDIFF"))
     _, maxdiff, _, grad = line.split()
     assert float(maxdiff) == 0.0

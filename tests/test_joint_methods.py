@@ -8,8 +8,6 @@ with features that are not collapsed."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -131,17 +129,12 @@ for name, fn in fns.items():
 '''
 
 
-def test_losses_gather_across_processes(tmp_path):
+def test_losses_gather_across_processes(tmp_path, torchrun):
     """Under torchrun, each loss on two halves of a batch equals (in value and
     averaged gradient) the single-process loss on the whole batch."""
-    import os
-
     script = tmp_path / "dist_losses.py"
     script.write_text(DIST_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541", str(script)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1", **env})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun(script)
     rows = {line.split()[0]: tuple(map(float, line.split()[1:])) for line in done.stdout.splitlines() if line.strip()}
     assert set(rows) == {"nt_xent", "info_nce", "info_nce_queue", "barlow_twins", "vicreg"}, done.stdout
     for name, (value_err, grad_err) in rows.items():

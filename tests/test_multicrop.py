@@ -5,7 +5,6 @@ against their definitions, and SwAV and DINO training, saving and loading."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -305,16 +304,11 @@ if rank == 0:
 '''
 
 
-def test_sinkhorn_and_dino_centre_span_the_processes(tmp_path):
+def test_sinkhorn_and_dino_centre_span_the_processes(tmp_path, torchrun):
     # two processes holding half a batch each get exactly what one process gets with the whole batch
-    import subprocess
-    import sys
-
     script = tmp_path / "split.py"
     script.write_text(DISTRIBUTED_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571", str(script)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun(script)
     _, codes, _, center = next(ln for ln in done.stdout.splitlines() if ln.startswith("CODES")).split()
     assert float(codes) < 1e-6 and float(center) < 1e-6
 

@@ -52,7 +52,7 @@ def run(lr: float, options: dict, steps: int, every: int) -> dict:
         method.after_step(step / steps)
         if (step + 1) % every == 0:
             readings.append({"step": step + 1, "target": knn.accuracy(method.encoder, "cpu"),
-                             "context": knn.accuracy(method.context_encoder, "cpu"), "loss": float(loss)})
+                             "context": knn.accuracy(method.context_encoder, "cpu"), "loss": float(loss.detach())})
             print(f"lr {lr:g} step {step + 1}: {readings[-1]}", flush=True)
     return {"lr": lr, "seconds": round(time.perf_counter() - t0), "readings": readings}
 

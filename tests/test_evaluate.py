@@ -90,21 +90,22 @@ def test_supervised_reference_learns_is_cached_and_runs_in_parallel_workers(fm_s
 def test_supervised_length_is_chosen_without_the_test_split(fm_small):
     """Poisoned test labels change the score, never the chosen length."""
     train, test = load(fm_small, "train"), load(fm_small, "test")
-    clean = supervised.supervised_reference(train, test, 25, 0, max_steps=80)  # a hold-out of 5 per class
+    narrow = {"backbone_options": {"width": 8}}  # how the length is chosen does not depend on the width: 10x faster
+    clean = supervised.supervised_reference(train, test, 25, 0, max_steps=80, **narrow)  # a hold-out of 5 per class
     poisoned = type(test)(test.name, test.images, (test.labels + 1) % 10, test.classes)
-    bad = supervised.supervised_reference(train, poisoned, 25, 0, max_steps=80)
+    bad = supervised.supervised_reference(train, poisoned, 25, 0, max_steps=80, **narrow)
     assert clean["length"] == "chosen on the hold-out" and clean["refit_on_all_labels"]
     assert (bad["steps"], bad["drops_at"], bad["history"]) == (clean["steps"], clean["drops_at"], clean["history"])
     assert bad["accuracy"] < clean["accuracy"] - 0.2
     # one label per class: no hold-out exists, so the fixed length is used
-    one = supervised.supervised_reference(train, test, 1, 0, max_steps=20)
+    one = supervised.supervised_reference(train, test, 1, 0, max_steps=20, **narrow)
     assert one["length"].startswith("fixed") and one["steps"] == 20
     # a hold-out of 2 per class under a recipe that asks for 5: the fixed length, no hold-out readings
     recipe = supervised.Recipe(min_holdout_per_class=5, fixed_steps=15)
-    few = supervised.supervised_reference(train, test, 10, 0, max_steps=80, recipe=recipe)
+    few = supervised.supervised_reference(train, test, 10, 0, max_steps=80, recipe=recipe, **narrow)
     assert few["length"] == "fixed (a hold-out under 5 images per class)" and few["steps"] == 15 and "history" not in few
     # 10 labels per class hold out 2 of each: too few to stop on, so the default is the fixed length there too
-    ten = supervised.supervised_reference(train, test, 10, 0, max_steps=30)
+    ten = supervised.supervised_reference(train, test, 10, 0, max_steps=30, **narrow)
     assert ten["length"] == "fixed (a hold-out under 5 images per class)" and ten["steps"] == 30
     per_class = lambda n: torch.arange(10).repeat_interleave(n)  # noqa: E731
     assert [supervised.recipe_for(per_class(n)) for n in (1, 10, 22, 23, 100, 1001)] == [

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from unsup.data import load, video
 from unsup.evaluate.features import raw_pixels
 from unsup.evaluate.linear import choose_l2, fit_logistic
+from unsup.evaluate.protocol import standardise
 
 
 def datasets(name: str):
@@ -41,8 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train, test = datasets(args.data)
     x, xt = raw_pixels(train.images), raw_pixels(test.images)
-    mu, sd = x.mean(0), x.std(0) + 1e-6  # the protocol's standardisation
-    x, xt = (x - mu) / sd, (xt - mu) / sd
+    x, xt = standardise(x, xt)
     y, yt, k = train.labels, test.labels, train.num_classes
     l2 = choose_l2(x, y, k) if args.l2 is None else args.l2
     how = "chosen as the protocol does" if args.l2 is None else "given"

@@ -91,6 +91,13 @@ def _probe_draw(train_s, train_f, train_y, test_s, test_f, test_y, num_classes: 
     return acc, l2, knn_accuracy(train_f[idx], train_y[idx], test_f, test_y, num_classes, k=min(20, len(idx)))
 
 
+def standardise(train_f: torch.Tensor, test_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets scaled by the statistics of the whole (unlabelled)
+    training split: zero mean, unit standard deviation per feature."""
+    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
+    return (train_f - mu) / sd, (test_f - mu) / sd
+
+
 def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
                       num_classes: int, budgets=DEFAULT_BUDGETS, seeds: int = 3, progress: str | None = None) -> list[dict]:
     """k-NN and linear-probe rows for precomputed features, computed on the
@@ -100,9 +107,7 @@ def evaluate_features(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torc
     to use two cores each, so they run side by side, one thread each (the same
     results as one after another); the large ones (all labels) use every thread."""
     train_y, test_y = train_y.to(train_f.device), test_y.to(test_f.device)
-    # standardise with statistics of the whole (unlabelled) training split
-    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
-    train_s, test_s = (train_f - mu) / sd, (test_f - mu) / sd
+    train_s, test_s = standardise(train_f, test_f)
     draw = functools.partial(_probe_draw, train_s, train_f, train_y, test_s, test_f, test_y, num_classes)
     jobs = [(n, s) for n in budgets for s in _seeds_for(n, seeds)]
     small = [j for j in jobs if j[0] != "all" and j[0] * num_classes <= SIDE_BY_SIDE_MAX]

@@ -33,13 +33,13 @@ CANDIDATES = {
 
 
 def run(name: str, steps: int) -> dict:
-    from unsup.evaluate.supervised import train_classifier
+    from unsup.evaluate.supervised import Recipe, train_classifier
 
     torch.set_num_threads(1)
     fit, held = validation_split(load("fashion-mnist", "train"))
     t0 = time.perf_counter()
     _, info = train_classifier(fit.images, fit.labels, "small-convnet", fit.num_classes, seed=0,
-                               holdout=(held.images, held.labels), max_steps=steps, augment_config=CANDIDATES[name])
+                               holdout=(held.images, held.labels), max_steps=steps, recipe=Recipe(augment=CANDIDATES[name]))
     return {"candidate": name, "config": repr(CANDIDATES[name]), "seconds": round(time.perf_counter() - t0),
             "best_step": info["steps"], "best_validation_accuracy": info["holdout_accuracy"], "history": info["history"]}
 

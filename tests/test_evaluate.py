@@ -115,6 +115,24 @@ def test_supervised_length_is_chosen_without_the_test_split(fm_small):
     assert recipe.settings()["min_holdout_per_class"] == 5
 
 
+
+def test_a_cosine_recipe_decays_to_zero_and_the_vit_gets_its_own_large_set_recipe(fm_small):
+    train, test = load(fm_small, "train"), load(fm_small, "test")
+    recipe = supervised.Recipe(schedule="cosine", batch_size=32, warmup_steps=5)
+    run = supervised.supervised_reference(train, test, 25, 0, max_steps=40, recipe=recipe, backbone_options={"width": 8})
+    rates = [h["lr"] for h in run["history"]]
+    # read at every pass (25 steps) and at the last step, where the rate has decayed to 0; no rate drops
+    assert [h["step"] for h in run["history"]] == [25, 40] and rates[0] > 0 and rates[-1] == 0.0
+    assert run["drops_at"] == [] and run["schedule_steps"] == 40 and run["refit_on_all_labels"]
+    assert run["accuracy"] > 0.25  # 250 labelled images: far above chance (0.1)
+    # the added settings enter a key only when they are not the default, so keys made before them stay valid
+    assert not {"batch_size", "schedule"} & set(supervised.LARGE_SET_RECIPE.settings())
+    assert recipe.settings()["schedule"] == "cosine" and recipe.settings()["batch_size"] == 32
+    many = torch.arange(10).repeat_interleave(1001)
+    assert supervised.recipe_for(many, "vit-tiny") == supervised.VIT_LARGE_SET_RECIPE
+    assert supervised.recipe_for(many) == supervised.LARGE_SET_RECIPE
+    assert supervised.recipe_for(torch.arange(10).repeat_interleave(100), "vit-tiny") == supervised.DEFAULT_RECIPE
+
 def test_large_labelled_sets_search_l2_on_a_subset_and_rescale(monkeypatch):
 
     monkeypatch.setattr(linear, "CV_SUBSET", 200)

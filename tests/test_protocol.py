@@ -146,7 +146,11 @@ class _Page(html.parser.HTMLParser):
 
 
 def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(supervised, "MAX_STEPS", 30)
+    from unsup import api
+    from unsup.evaluate import supervised_rows
+
+    # the supervised references capped at 30 steps, as a test can afford
+    monkeypatch.setattr(api, "supervised_rows", lambda *a, **k: supervised_rows(*a, **k, max_steps=30))
     plan = tmp_path / "plan.yaml"
     plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [1, 10]\nlabel_seeds: 2\nentries:\n"
                     "  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n"

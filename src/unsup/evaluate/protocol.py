@@ -266,10 +266,11 @@ def supervised_key(train, test, backbone: str, n, seed: int, max_steps: int | No
     options other than the defaults (none: the key has no such entry), budget,
     seed and the settings that run trains with."""
     from ..nets import backbone_options as non_default
-    from .supervised import MAX_STEPS, settings_for
+    from .supervised import settings_for
 
-    settings = settings_for(train.labels[few_label_indices(train.labels, n, seed)])
-    settings = settings if max_steps in (None, MAX_STEPS) else {**settings, "max_steps": max_steps}
+    settings = settings_for(train.labels[few_label_indices(train.labels, n, seed)], backbone)
+    if max_steps is not None and max_steps < settings["max_steps"]:  # a cap (tests use one) is part of the key
+        settings = {**settings, "max_steps": max_steps}
     options = non_default(backbone, backbone_options) if backbone_options else {}
     return {"kind": "supervised", **_data_key(train, test), "backbone": backbone,
             **({"backbone_options": options} if options else {}), "labels_per_class": n, "seed": seed, "settings": settings}
@@ -279,9 +280,7 @@ def supervised_rows(train, test, budgets, seeds: int, backbone: str, device="cpu
                     backbone_options: dict | None = None) -> list[dict]:
     """The supervised reference for each label budget: one cached run per
     (budget, seed), the missing ones trained in parallel."""
-    from .supervised import MAX_STEPS, supervised_references
-
-    max_steps = max_steps or MAX_STEPS
+    from .supervised import supervised_references
 
     def key(n, s):
         return supervised_key(train, test, backbone, n, s, max_steps, backbone_options)

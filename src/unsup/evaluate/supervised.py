@@ -18,7 +18,9 @@ a hold-out inside the labelled subset, never on the test split.
   readings without a gain) the rate drops tenfold, and after ``DROPS`` drops
   and one more plateau training stops (reduce-on-plateau with early stopping).
   The chosen length is the reading with the best hold-out accuracy (ties: the
-  lower hold-out loss).
+  lower hold-out loss). The ViT-tiny on a large set (``VIT_LARGE_SET_RECIPE``)
+  runs a cosine schedule instead: batches of 64, a warm-up, then a decay to 0
+  over the whole length, the hold-out still picking the best reading.
 - Final model: for a labelled set of at most ``REFIT_MAX`` images, the network
   is trained again from the same initialisation on every labelled image
   (hold-out included) for the chosen length with the same rate drops; a larger
@@ -47,6 +49,7 @@ from .. import progress
 from ..data import augment, few_label_indices
 from ..data.augment import AugmentConfig
 from ..nets import build_encoder
+from ..train.optim import lr_factor
 from .features import extract_features
 
 # the AugmentConfig fields the shipped references are keyed by; a field added since enters the key only when set
@@ -85,14 +88,23 @@ class Recipe:
     # a hold-out with fewer images of some class than this is too coarse to stop on (2 images per class read
     # accuracy in steps of 5 points): such a set trains for the fixed length, as one label per class does
     min_holdout_per_class: int = 1
+    lr: float = LR
+    batch_size: int = 256  # the largest batch; a smaller set trains on batches of its own size
+    warmup_steps: int = WARMUP_STEPS
+    # "plateau": reduce-on-plateau with early stopping (the module docstring); "cosine": warm-up, then a cosine
+    # decay to 0 over the whole length (max_epochs passes, at most max_steps), the hold-out only picking the best reading
+    schedule: str = "plateau"
+    max_epochs: int = MAX_EPOCHS
+    max_steps: int = MAX_STEPS
 
     def settings(self) -> dict:
         settings = {"augment": augment_key(self.augment), "holdout": [HOLDOUT_SHARE, self.holdout_per_class],
-                    "fixed_steps": self.fixed_steps, "refit_max": REFIT_MAX, "lr": LR, "weight_decay": self.weight_decay,
-                    "warmup": WARMUP_STEPS, "patience": PATIENCE, "drops": DROPS, "max_epochs": MAX_EPOCHS,
-                    "max_steps": MAX_STEPS}
-        if self.min_holdout_per_class != 1:  # keys made before this setting existed stay valid
-            settings["min_holdout_per_class"] = self.min_holdout_per_class
+                    "fixed_steps": self.fixed_steps, "refit_max": REFIT_MAX, "lr": self.lr, "weight_decay": self.weight_decay,
+                    "warmup": self.warmup_steps, "patience": PATIENCE, "drops": DROPS, "max_epochs": self.max_epochs,
+                    "max_steps": self.max_steps}
+        # settings added since the shipped keys were made enter a key only when they differ from their default
+        added = {"min_holdout_per_class": 1, "batch_size": 256, "schedule": "plateau"}
+        settings.update({k: getattr(self, k) for k, default in added.items() if getattr(self, k) != default})
         return settings
 
 
@@ -107,20 +119,25 @@ LARGE_SET_RECIPE = Recipe(augment=LARGE_SET_AUGMENT, holdout_per_class=500)
 # 1,000 steps, which on the validation split reached the raw-pixel linear probe (1 label: 47.5 vs 47.1; 10 labels:
 # 68.3 vs 68.2, 6 draws) where 300 steps and early stopping on 2 per class stayed under it (46.4, 66.5)
 SMALL_SET_RECIPE = Recipe(fixed_steps=SMALL_SET_STEPS, min_holdout_per_class=SMALL_SET_HOLDOUT)
+# the ViT-tiny on a set larger than REFIT_MAX: batches of 64 and a warm-up of 50 steps, then a cosine decay from 5e-4
+# to 0 (the best of six recipes on a validation split of the training data, each given the same 25,600 images:
+# benchmarks/vit_recipe.py), up to the same 1,024,000 images as LARGE_SET_RECIPE's 4,000 steps of 256
+VIT_LARGE_SET_RECIPE = Recipe(augment=LARGE_SET_AUGMENT, holdout_per_class=500, schedule="cosine", lr=5e-4, batch_size=64,
+                              max_steps=16_000)
 
 
-def recipe_for(labels: torch.Tensor) -> Recipe:
-    """The recipe a reference on the labelled images of class ``labels`` trains with."""
+def recipe_for(labels: torch.Tensor, backbone: str = "small-convnet") -> Recipe:
+    """The recipe a reference with ``backbone`` on the labelled images of class ``labels`` trains with."""
     if len(labels) > REFIT_MAX:
-        return LARGE_SET_RECIPE
+        return VIT_LARGE_SET_RECIPE if backbone.startswith("vit") else LARGE_SET_RECIPE
     counts = torch.bincount(labels.cpu())
     fewest = int(counts[counts > 0].min())
     return SMALL_SET_RECIPE if holdout_size(fewest, HOLDOUT_PER_CLASS) < SMALL_SET_HOLDOUT else DEFAULT_RECIPE
 
 
-def settings_for(labels: torch.Tensor) -> dict:
-    """The settings a reference on labelled images of class ``labels`` runs with (its cache key)."""
-    return recipe_for(labels).settings()
+def settings_for(labels: torch.Tensor, backbone: str = "small-convnet") -> dict:
+    """The settings a reference with ``backbone`` on labelled images of class ``labels`` runs with (its cache key)."""
+    return recipe_for(labels, backbone).settings()
 
 
 def holdout_size(count: int, per_class: int) -> int:
@@ -172,46 +189,52 @@ def _evaluate(model, images, labels) -> tuple[float, float]:
 
 
 def train_classifier(images, labels, backbone: str, num_classes: int, seed: int, device="cpu", steps: int | None = None,
-                     drops_at: tuple[int, ...] = (), holdout=None, quiet: bool = True,
-                     max_steps: int = MAX_STEPS, augment_config: AugmentConfig = SUPERVISED_AUGMENT,
-                     backbone_options: dict | None = None, weight_decay: float = WEIGHT_DECAY) -> tuple[nn.Module, dict]:
-    """Train on (images, labels). With ``holdout`` (images, labels) the length is
-    chosen there (see the module docstring) and the best network is returned; with
-    ``steps`` it trains exactly that long, dropping the rate at ``drops_at``."""
+                     drops_at: tuple[int, ...] = (), holdout=None, quiet: bool = True, max_steps: int | None = None,
+                     recipe: Recipe = DEFAULT_RECIPE, backbone_options: dict | None = None,
+                     schedule_steps: int | None = None) -> tuple[nn.Module, dict]:
+    """Train on (images, labels) with ``recipe``. With ``holdout`` (images, labels)
+    the length is chosen there (see the module docstring) and the best network is
+    returned; with ``steps`` it trains exactly that long, dropping the rate at
+    ``drops_at`` (a cosine schedule decays over ``schedule_steps``, default ``steps``)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = Classifier(backbone, images.shape[1:], num_classes, backbone_options).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), recipe.lr, weight_decay=recipe.weight_decay)
     n = len(images)
-    batch = int(min(256, max(32, n)))
+    batch = int(min(recipe.batch_size, max(32, n)))
     eval_every = max(25, n // batch)
-    limit = steps if steps is not None else min(max_steps, max(eval_every * 20, MAX_EPOCHS * n // batch))
+    max_steps = recipe.max_steps if max_steps is None else min(max_steps, recipe.max_steps)
+    limit = steps if steps is not None else min(max_steps, max(eval_every * 20, recipe.max_epochs * n // batch))
+    cosine = recipe.schedule == "cosine"
+    schedule_steps = schedule_steps or limit
     images, labels = images.to(device), labels.to(device)
     g = torch.Generator().manual_seed(seed)
-    lr, drops, best, since_best = LR, [], None, 0
+    lr, drops, best, since_best = recipe.lr, [], None, 0
     history = []
     bar = progress.bar(None if quiet else f"supervised {n} labels", limit, "step")
     for step, idx in enumerate(_batches(n, batch, g), start=1):
         if step in drops_at:
             lr /= 10
+        factor = (lr_factor(step / schedule_steps, recipe.warmup_steps / schedule_steps) if cosine
+                  else min(1.0, step / recipe.warmup_steps))
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / WARMUP_STEPS)
+            group["lr"] = lr * factor
         idx = idx.to(device)
-        loss = F.cross_entropy(model(augment(images[idx], augment_config)), labels[idx])
+        loss = F.cross_entropy(model(augment(images[idx], recipe.augment)), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         bar.update(1)
-        if holdout is not None and step % eval_every == 0:
+        if holdout is not None and (step % eval_every == 0 or (cosine and step == limit)):
             acc, hloss = _evaluate(model, *holdout)
-            history.append({"step": step, "holdout_accuracy": acc, "holdout_loss": hloss, "lr": lr})
+            history.append({"step": step, "holdout_accuracy": acc, "holdout_loss": hloss, "lr": lr * factor})
             if best is None or (acc, -hloss) > (best["accuracy"], -best["loss"]):
                 best = {"step": step, "accuracy": acc, "loss": hloss, "drops": list(drops),
                         "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
                 since_best = 0
             else:
                 since_best += 1
-            if since_best >= PATIENCE:
+            if since_best >= PATIENCE and not cosine:
                 if len(drops) == DROPS:
                     break
                 lr /= 10
@@ -225,12 +248,14 @@ def train_classifier(images, labels, backbone: str, num_classes: int, seed: int,
         info = {"steps": best["step"], "drops_at": best["drops"], "holdout_accuracy": best["accuracy"], "history": history}
     else:
         info = {"steps": limit, "drops_at": list(drops_at)}
+    if cosine:
+        info["schedule_steps"] = schedule_steps
     model.eval()
     return model, {"batch_size": batch, **info}
 
 
 def supervised_reference(train, test, per_class, seed: int, backbone: str = "small-convnet", device="cpu",
-                         quiet: bool = True, max_steps: int = MAX_STEPS, backbone_options: dict | None = None,
+                         quiet: bool = True, max_steps: int | None = None, backbone_options: dict | None = None,
                          recipe: Recipe | None = None) -> dict:
     """Train the reference on ``per_class`` labels per class (seed ``seed``) and
     score it on the test split: accuracy and how its length was chosen
@@ -239,13 +264,12 @@ def supervised_reference(train, test, per_class, seed: int, backbone: str = "sma
     set's size (to compare recipes on a validation split)."""
     idx = few_label_indices(train.labels, per_class, seed)
     images, labels = train.images[idx], train.labels[idx].cpu()
-    recipe = recipe or recipe_for(labels)
-    common = {"quiet": quiet, "backbone_options": backbone_options, "weight_decay": recipe.weight_decay,
-              "augment_config": recipe.augment}
+    recipe = recipe or recipe_for(labels, backbone)
+    common = {"quiet": quiet, "backbone_options": backbone_options, "recipe": recipe}
     split = holdout_split(labels, seed, recipe.holdout_per_class)
     if split is None or int(labels[split[1]].unique(return_counts=True)[1].min()) < recipe.min_holdout_per_class:
         model, info = train_classifier(images, labels, backbone, train.num_classes, seed, device,
-                                       steps=min(recipe.fixed_steps, max_steps), **common)
+                                       steps=min(recipe.fixed_steps, max_steps or recipe.fixed_steps), **common)
         info["length"] = ("fixed (one label per class: no hold-out)" if split is None else
                           f"fixed (a hold-out under {recipe.min_holdout_per_class} images per class)")
     else:
@@ -255,7 +279,7 @@ def supervised_reference(train, test, per_class, seed: int, backbone: str = "sma
         info["length"] = "chosen on the hold-out"
         if len(idx) <= REFIT_MAX:  # train again on every label for the chosen length
             model, _ = train_classifier(images, labels, backbone, train.num_classes, seed, device, steps=info["steps"],
-                                        drops_at=tuple(info["drops_at"]), **common)
+                                        drops_at=tuple(info["drops_at"]), schedule_steps=info.get("schedule_steps"), **common)
             info["refit_on_all_labels"] = True
     logits = extract_features(model, test.images, device)
     accuracy = float((logits.argmax(1) == test.labels.cpu()).float().mean())
@@ -272,7 +296,7 @@ def _job(args) -> dict:
 
 
 def supervised_references(train, test, jobs, backbone: str = "small-convnet", device="cpu", quiet: bool = True,
-                          max_steps: int = MAX_STEPS, on_result=None, backbone_options: dict | None = None) -> dict:
+                          max_steps: int | None = None, on_result=None, backbone_options: dict | None = None) -> dict:
     """``{(labels per class, seed): result}`` for each job; ``on_result(job, result)``
     is called as each one finishes (the cache keeps finished runs if a later one
     is interrupted). On a multi-core CPU the runs go to parallel one-thread worker

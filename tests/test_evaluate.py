@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from unsup.data import load
+from unsup.errors import UnsupError
 from unsup.evaluate import evaluate_features, linear, supervised
 from unsup.evaluate.knn import knn_accuracy
 from unsup.evaluate.linear import DEFAULT_L2, L2_GRID, choose_l2, linear_probe_accuracy
@@ -128,6 +129,8 @@ def test_a_cosine_recipe_decays_to_zero_and_the_vit_gets_its_own_large_set_recip
     # the added settings enter a key only when they are not the default, so keys made before them stay valid
     assert not {"batch_size", "schedule"} & set(supervised.LARGE_SET_RECIPE.settings())
     assert recipe.settings()["schedule"] == "cosine" and recipe.settings()["batch_size"] == 32
+    with pytest.raises(UnsupError, match="unknown supervised schedule 'cosin'"):
+        supervised.Recipe(schedule="cosin")
     many = torch.arange(10).repeat_interleave(1001)
     assert supervised.recipe_for(many, "vit-tiny") == supervised.VIT_LARGE_SET_RECIPE
     assert supervised.recipe_for(many) == supervised.LARGE_SET_RECIPE

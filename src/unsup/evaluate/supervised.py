@@ -48,6 +48,7 @@ from torch import nn
 from .. import progress
 from ..data import augment, few_label_indices
 from ..data.augment import AugmentConfig
+from ..errors import UnsupError
 from ..nets import build_encoder
 from ..train.optim import lr_factor
 from .features import extract_features
@@ -74,6 +75,7 @@ REFIT_MAX = 10_000
 LR, WEIGHT_DECAY, WARMUP_STEPS = 1e-3, 5e-4, 50
 PATIENCE, DROPS = 2, 2
 MAX_EPOCHS, MAX_STEPS = 60, 4000
+SCHEDULES = ("plateau", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,10 @@ class Recipe:
     schedule: str = "plateau"
     max_epochs: int = MAX_EPOCHS
     max_steps: int = MAX_STEPS
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise UnsupError(f"unknown supervised schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
     def settings(self) -> dict:
         settings = {"augment": augment_key(self.augment), "holdout": [HOLDOUT_SHARE, self.holdout_per_class],

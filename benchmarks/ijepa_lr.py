@@ -1,8 +1,8 @@
-"""Choose I-JEPA's learning rate on held-in training images.
+"""Choose I-JEPA's settings on held-in training images.
 
-    .venv/bin/python benchmarks/ijepa_lr.py --lr 1e-3 2.5e-4 1.25e-4 [--steps 86] [--every 43] [--options '{}']
+    .venv/bin/python benchmarks/ijepa_lr.py --lr 1e-3 2.5e-4 1.25e-4 [--steps 86] [--every 43] [--options '{}' ...]
 
-For each rate, one one-thread process (side by side, as many as the cores)
+For each rate and each ``--options`` set, one one-thread process (side by side, as many as the cores)
 trains I-JEPA for ``--steps`` steps of its batch (86 steps of 256 is what a
 10-minute budget of one core gives the 12-block ViT-tiny here), with the
 trainer's warm-up, cosine rate and momentum schedules over those steps, and
@@ -10,8 +10,8 @@ reads the k-NN accuracy (k = 20) of the target encoder (the one evaluated)
 and of the context encoder every ``--every`` steps, and of the untrained
 network at step 0, with the trainer's k-NN monitor (``KnnMonitor``: a bank of
 2,000 and 1,000 queries from the training split of Fashion-MNIST; the test
-split is not read). ``--options``
-(JSON) changes the method's config, e.g. a narrower ViT:
+split is not read). Each
+``--options`` (JSON) changes the method's config, e.g. a narrower ViT:
 ``'{"backbone_options": {"depth": 4, "embed_dim": 96}, "predictor_width": 48, "batch_size": 128}'``.
 """
 
@@ -53,8 +53,8 @@ def run(lr: float, options: dict, steps: int, every: int) -> dict:
         if (step + 1) % every == 0:
             readings.append({"step": step + 1, "target": knn.accuracy(method.encoder, "cpu"),
                              "context": knn.accuracy(method.context_encoder, "cpu"), "loss": float(loss.detach())})
-            print(f"lr {lr:g} step {step + 1}: {readings[-1]}", flush=True)
-    return {"lr": lr, "seconds": round(time.perf_counter() - t0), "readings": readings}
+            print(f"lr {lr:g} {json.dumps(options)} step {step + 1}: {readings[-1]}", flush=True)
+    return {"lr": lr, "options": options, "seconds": round(time.perf_counter() - t0), "readings": readings}
 
 
 def main() -> None:
@@ -62,17 +62,16 @@ def main() -> None:
     p.add_argument("--lr", type=float, nargs="+", required=True)
     p.add_argument("--steps", type=int, default=86)
     p.add_argument("--every", type=int, default=43)
-    p.add_argument("--options", default="{}")
+    p.add_argument("--options", nargs="+", default=["{}"], help="one JSON config change per candidate")
     args = p.parse_args()
-    options = json.loads(args.options)
-    workers = min(len(args.lr), multiprocessing.cpu_count())
+    runs = [(lr, json.loads(o)) for o in args.options for lr in args.lr]
+    workers = min(len(runs), multiprocessing.cpu_count())
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        results = list(pool.map(run, args.lr, [options] * len(args.lr), [args.steps] * len(args.lr),
-                                [args.every] * len(args.lr)))
+        results = list(pool.map(run, *zip(*runs), [args.steps] * len(runs), [args.every] * len(runs)))
     for r in results:
         marks = " ".join(f"{x['step']}: {100 * x['target']:.1f}" + (f"/{100 * x['context']:.1f}" if x["context"] else "")
                          for x in r["readings"])
-        print(f"lr {r['lr']:g} ({r['seconds']} s): k-NN target/context {marks}")
+        print(f"lr {r['lr']:g} {json.dumps(r['options'])} ({r['seconds']} s): k-NN target/context {marks}")
 
 
 if __name__ == "__main__":

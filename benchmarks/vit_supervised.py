@@ -5,11 +5,11 @@ with the ViT-tiny backbone and all Fashion-MNIST labels, seed 0; the hold-out
 readings and the test accuracy.
 
 The full recipe is longer than this project's 2-core CPU can run in a session
-(the ViT-tiny trains at about 75 images/s there; a few minutes on a GPU:
+(the ViT-tiny trains at about 65-75 images/s there; a few minutes on a GPU:
 ``benchmarks/gpu.py`` runs it uncapped). ``--max-steps`` caps the length, the
 way the tests cap it; a cosine schedule then decays over the capped length.
 
-    python benchmarks/vit_supervised.py --max-steps 4500 --device cpu [--out benchmarks/results/vit_supervised.json]
+    python benchmarks/vit_supervised.py --max-steps 6000 --device cpu [--out benchmarks/results/vit_supervised.json]
 """
 
 from __future__ import annotations

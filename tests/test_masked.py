@@ -75,6 +75,20 @@ def test_backbone_options_are_checked_and_defaults_dropped():
     assert build_encoder("small-convnet", 1, 28, {"width": 8}).out_dim == 64
 
 
+def test_small_convnet_grid_read_out_keeps_the_regions_apart():
+    enc = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 3})
+    assert enc.out_dim == 64 * 9
+    x = torch.zeros(2, 1, 28, 28)
+    x[1, :, :9, :9] = 1.0  # a change in the top-left corner only
+    with torch.no_grad():
+        f = enc.eval()(x).view(2, 64, 3, 3)
+    changed = (f[0] - f[1]).abs().amax(0)
+    assert changed[0, 0] > 10 * changed[2, 2]  # the far corner's region barely moves (receptive fields overlap a little)
+    for bad in (0, 1.5, "3"):
+        with pytest.raises(UnsupError, match="pool_grid must be a whole number >= 1"):
+            build_encoder("small-convnet", 1, 28, {"pool_grid": bad})
+
+
 def test_supervised_key_is_unchanged_by_default_options():
     """Default options leave the key as it was, so the shipped references still match."""
     from unsup.data import load

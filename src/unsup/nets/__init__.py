@@ -32,9 +32,12 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class SmallConvNet(nn.Module):
     """A VGG-style convnet for 28x28 / 32x32 images, cheap enough for a CPU:
     three stages (32, 64, 128 channels by default), each two 3x3 convs with
-    batch norm, max-pooled between stages, then global average pooling."""
+    batch norm, max-pooled between stages, then average pooling: global by
+    default, or over a ``pool_grid`` x ``pool_grid`` grid of regions whose
+    averages are concatenated (``out_dim`` channels x regions), the spatial
+    read-out Coates et al. probe k-means features with (their quadrants: 2)."""
 
-    def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None):
+    def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None, pool_grid: int = 1):
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -42,8 +45,10 @@ class SmallConvNet(nn.Module):
             conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
             conv_bn(2 * w, 4 * w), conv_bn(4 * w, out_dim or 8 * w),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out_dim = out_dim or 8 * w
+        if isinstance(pool_grid, bool) or not isinstance(pool_grid, int) or pool_grid < 1:
+            raise UnsupError(f"pool_grid must be a whole number >= 1 (1: global average pooling); got {pool_grid!r}")
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
+        self.out_dim = (out_dim or 8 * w) * pool_grid**2
 
     def forward_features(self, x):
         return self.features(x)
@@ -70,8 +75,8 @@ class SmallStemResNet(torchvision.models.ResNet):
 
 
 # --- the factories: (in_channels, image_size, **options) -> backbone --------
-def small_convnet(in_channels: int, image_size: int, width: int = 32) -> SmallConvNet:
-    return SmallConvNet(in_channels, width)
+def small_convnet(in_channels: int, image_size: int, width: int = 32, pool_grid: int = 1) -> SmallConvNet:
+    return SmallConvNet(in_channels, width, pool_grid=pool_grid)
 
 
 def resnet18_small(in_channels: int, image_size: int) -> SmallStemResNet:

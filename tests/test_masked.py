@@ -56,7 +56,7 @@ def test_factories_give_pooled_and_unpooled_features(name, channels, size):
 
 
 def test_every_backbone_is_in_the_one_table_and_builds():
-    assert set(BACKBONES) == {"small-convnet", "resnet18", "vit-tiny", "frame-convnet", "prednet"}
+    assert set(BACKBONES) == {"small-convnet", "single-layer", "resnet18", "vit-tiny", "frame-convnet", "prednet"}
     assert build_encoder("frame-convnet", 1, 64).forward_features(torch.rand(2, 1, 64, 64)).shape == (2, 64, 8, 8)
     assert build_encoder("prednet", 1, 32)(torch.rand(2, 1, 32, 32)).shape[0] == 2
 
@@ -87,6 +87,33 @@ def test_small_convnet_grid_read_out_keeps_the_regions_apart():
     for bad in (0, 1.5, "3"):
         with pytest.raises(UnsupError, match="pool_grid must be a whole number >= 1"):
             build_encoder("small-convnet", 1, 28, {"pool_grid": bad})
+
+
+def test_small_convnet_out_channels_widen_only_the_last_conv():
+    enc = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 2, "out_channels": 24})
+    assert enc.out_dim == 24 * 4
+    assert enc.forward_features(torch.rand(2, 1, 28, 28)).shape == (2, 24, 7, 7)
+    convs = [m.out_channels for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [8, 8, 16, 16, 32, 24]  # the stages before it keep their widths
+    for bad in (0, 2.5, True):
+        with pytest.raises(UnsupError, match="out_channels must be a whole number >= 1"):
+            build_encoder("small-convnet", 1, 28, {"out_channels": bad})
+
+
+def test_single_layer_net_reads_out_a_grid_of_its_filters():
+    enc = build_encoder("single-layer", 1, 28, {"filters": 16, "patch_size": 6, "pool_grid": 2})
+    assert enc.out_dim == 16 * 4
+    x = torch.rand(3, 1, 28, 28)
+    assert enc.forward_features(x).shape == (3, 16, 23, 23)  # every 6x6 patch at stride 1
+    with torch.no_grad():
+        pooled = enc.eval()(x).view(3, 16, 2, 2)
+        top_left = enc.forward_features(x)[:, :, :12, :12].mean((2, 3))  # adaptive pooling's first region of 23
+    assert torch.allclose(pooled[:, :, 0, 0], top_left, atol=1e-6)
+    for key, bad in (("filters", 0), ("patch_size", 2.0), ("pool_grid", True)):
+        with pytest.raises(UnsupError, match=f"{key} must be a whole number >= 1"):
+            build_encoder("single-layer", 1, 28, {key: bad})
+    with pytest.raises(UnsupError, match="patch_size 40 is larger than the 28x28 images"):
+        build_encoder("single-layer", 1, 28, {"patch_size": 40})
 
 
 def test_supervised_key_is_unchanged_by_default_options():

@@ -32,7 +32,8 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class SmallConvNet(nn.Module):
     """A VGG-style convnet for 28x28 / 32x32 images, cheap enough for a CPU:
     three stages (32, 64, 128 channels by default), each two 3x3 convs with
-    batch norm, max-pooled between stages, then average pooling: global by
+    batch norm, max-pooled between stages, the last conv giving ``out_dim``
+    channels (default 8 x width = 256), then average pooling: global by
     default, or over a ``pool_grid`` x ``pool_grid`` grid of regions whose
     averages are concatenated (``out_dim`` channels x regions), the spatial
     read-out Coates et al. probe k-means features with (their quadrants: 2)."""
@@ -40,15 +41,49 @@ class SmallConvNet(nn.Module):
     def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None, pool_grid: int = 1):
         super().__init__()
         w = width
+        if out_dim is not None:
+            _whole("out_channels", out_dim, what=" (the last conv's channels)")
         self.features = nn.Sequential(
             conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
             conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
             conv_bn(2 * w, 4 * w), conv_bn(4 * w, out_dim or 8 * w),
         )
-        if isinstance(pool_grid, bool) or not isinstance(pool_grid, int) or pool_grid < 1:
-            raise UnsupError(f"pool_grid must be a whole number >= 1 (1: global average pooling); got {pool_grid!r}")
+        _whole("pool_grid", pool_grid, what=" (1: global average pooling)")
         self.pool = nn.AdaptiveAvgPool2d(pool_grid)
         self.out_dim = (out_dim or 8 * w) * pool_grid**2
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.pool(self.features(x)).flatten(1)
+
+
+def _whole(name: str, value, least: int = 1, what: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UnsupError(f"{name} must be a whole number >= {least}{what}; got {value!r}")
+
+
+class SingleLayerNet(nn.Module):
+    """The single-layer network of Coates, Lee & Ng, "An Analysis of
+    Single-Layer Networks in Unsupervised Feature Learning", AISTATS 2011, as
+    a backbone any method can train: ``filters`` receptive fields of
+    ``patch_size`` px applied at stride 1 (no padding), batch norm and ReLU,
+    then average pooling over a ``pool_grid`` x ``pool_grid`` grid (their
+    quadrants: 2; 3 as the ``kmeans`` method's default). Many filters at full
+    resolution with a spatial read-out is what makes their k-means features
+    strong on small images; here the filters are learned by the method's loss
+    instead of by k-means on whitened patches."""
+
+    def __init__(self, in_channels: int = 1, filters: int = 512, patch_size: int = 6, pool_grid: int = 3):
+        super().__init__()
+        _whole("filters", filters)
+        _whole("patch_size", patch_size)
+        _whole("pool_grid", pool_grid, what=" (1: global average pooling)")
+        self.features = nn.Sequential(nn.Conv2d(in_channels, filters, patch_size, bias=False), nn.BatchNorm2d(filters),
+                                      nn.ReLU(inplace=True))
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
+        self.out_dim = filters * pool_grid**2
 
     def forward_features(self, x):
         return self.features(x)
@@ -75,8 +110,16 @@ class SmallStemResNet(torchvision.models.ResNet):
 
 
 # --- the factories: (in_channels, image_size, **options) -> backbone --------
-def small_convnet(in_channels: int, image_size: int, width: int = 32, pool_grid: int = 1) -> SmallConvNet:
-    return SmallConvNet(in_channels, width, pool_grid=pool_grid)
+def small_convnet(in_channels: int, image_size: int, width: int = 32, pool_grid: int = 1,
+                  out_channels: int | None = None) -> SmallConvNet:
+    return SmallConvNet(in_channels, width, out_channels, pool_grid)
+
+
+def single_layer(in_channels: int, image_size: int, filters: int = 512, patch_size: int = 6,
+                 pool_grid: int = 3) -> SingleLayerNet:
+    if patch_size > image_size:
+        raise UnsupError(f"patch_size {patch_size} is larger than the {image_size}x{image_size} images")
+    return SingleLayerNet(in_channels, filters, patch_size, pool_grid)
 
 
 def resnet18_small(in_channels: int, image_size: int) -> SmallStemResNet:
@@ -105,12 +148,13 @@ def prednet(in_channels: int, image_size: int) -> nn.Module:
 
 BACKBONES = {
     "small-convnet": small_convnet,
+    "single-layer": single_layer,
     "resnet18": resnet18_small,
     "vit-tiny": vit_tiny,
     "frame-convnet": frame_convnet,
     "prednet": prednet,
 }
-MIN_SIZE = {"small-convnet": 8, "resnet18": 8, "vit-tiny": 14, "frame-convnet": 16, "prednet": 16}
+MIN_SIZE = {"small-convnet": 8, "single-layer": 4, "resnet18": 8, "vit-tiny": 14, "frame-convnet": 16, "prednet": 16}
 
 
 def _factory(name: str):

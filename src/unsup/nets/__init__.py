@@ -29,14 +29,21 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def _whole(name: str, value, what: str = "") -> None:
+    """Refuse, in one line, an option that must be a positive whole number."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UnsupError(f"{name} must be a whole number >= 1{what}; got {value!r}")
+
+
 class SmallConvNet(nn.Module):
     """A VGG-style convnet for 28x28 / 32x32 images, cheap enough for a CPU:
     three stages (32, 64, 128 channels by default), each two 3x3 convs with
     batch norm, max-pooled between stages, the last conv giving ``out_dim``
-    channels (default 8 x width = 256), then average pooling: global by
-    default, or over a ``pool_grid`` x ``pool_grid`` grid of regions whose
-    averages are concatenated (``out_dim`` channels x regions), the spatial
-    read-out Coates et al. probe k-means features with (their quadrants: 2)."""
+    channels (the factory's ``out_channels``; default 8 x width = 256), then
+    average pooling: global by default, or over a ``pool_grid`` x
+    ``pool_grid`` grid of regions whose averages are concatenated (channels x
+    regions features), the spatial read-out Coates et al. probe k-means
+    features with (their quadrants: 2)."""
 
     def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None, pool_grid: int = 1):
         super().__init__()
@@ -57,11 +64,6 @@ class SmallConvNet(nn.Module):
 
     def forward(self, x):
         return self.pool(self.features(x)).flatten(1)
-
-
-def _whole(name: str, value, least: int = 1, what: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise UnsupError(f"{name} must be a whole number >= {least}{what}; got {value!r}")
 
 
 class SingleLayerNet(nn.Module):
@@ -117,7 +119,7 @@ def small_convnet(in_channels: int, image_size: int, width: int = 32, pool_grid:
 
 def single_layer(in_channels: int, image_size: int, filters: int = 512, patch_size: int = 6,
                  pool_grid: int = 3) -> SingleLayerNet:
-    if patch_size > image_size:
+    if isinstance(patch_size, int) and patch_size > image_size:
         raise UnsupError(f"patch_size {patch_size} is larger than the {image_size}x{image_size} images")
     return SingleLayerNet(in_channels, filters, patch_size, pool_grid)
 

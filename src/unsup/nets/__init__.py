@@ -25,8 +25,9 @@ from torch import nn
 from ..errors import UnsupError
 
 
-def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3, padding: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
 
 
 def _whole(name: str, value, what: str = "") -> None:
@@ -35,15 +36,30 @@ def _whole(name: str, value, what: str = "") -> None:
         raise UnsupError(f"{name} must be a whole number >= 1{what}; got {value!r}")
 
 
-class SmallConvNet(nn.Module):
+class GridPooled(nn.Module):
+    """A convnet read out by average pooling over a ``pool_grid`` x
+    ``pool_grid`` grid of regions, their averages concatenated (1: global
+    average pooling); subclasses set ``features``."""
+
+    def read_out(self, channels: int, pool_grid: int) -> None:
+        _whole("pool_grid", pool_grid, what=" (1: global average pooling)")
+        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
+        self.out_dim = channels * pool_grid**2
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.pool(self.features(x)).flatten(1)
+
+
+class SmallConvNet(GridPooled):
     """A VGG-style convnet for 28x28 / 32x32 images, cheap enough for a CPU:
     three stages (32, 64, 128 channels by default), each two 3x3 convs with
     batch norm, max-pooled between stages, the last conv giving ``out_dim``
-    channels (the factory's ``out_channels``; default 8 x width = 256), then
-    average pooling: global by default, or over a ``pool_grid`` x
-    ``pool_grid`` grid of regions whose averages are concatenated (channels x
-    regions features), the spatial read-out Coates et al. probe k-means
-    features with (their quadrants: 2)."""
+    channels (the factory's ``out_channels``; default 8 x width = 256), read
+    out globally by default or over a grid, the spatial read-out Coates et al.
+    probe k-means features with (their quadrants: 2)."""
 
     def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None, pool_grid: int = 1):
         super().__init__()
@@ -55,24 +71,16 @@ class SmallConvNet(nn.Module):
             conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
             conv_bn(2 * w, 4 * w), conv_bn(4 * w, out_dim or 8 * w),
         )
-        _whole("pool_grid", pool_grid, what=" (1: global average pooling)")
-        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
-        self.out_dim = (out_dim or 8 * w) * pool_grid**2
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward(self, x):
-        return self.pool(self.features(x)).flatten(1)
+        self.read_out(out_dim or 8 * w, pool_grid)
 
 
-class SingleLayerNet(nn.Module):
+class SingleLayerNet(GridPooled):
     """The single-layer network of Coates, Lee & Ng, "An Analysis of
     Single-Layer Networks in Unsupervised Feature Learning", AISTATS 2011, as
     a backbone any method can train: ``filters`` receptive fields of
     ``patch_size`` px applied at stride 1 (no padding), batch norm and ReLU,
-    then average pooling over a ``pool_grid`` x ``pool_grid`` grid (their
-    quadrants: 2; 3 as the ``kmeans`` method's default). Many filters at full
+    read out over a 3x3 grid by default (their quadrants: 2; 3 as the
+    ``kmeans`` method's default). Many filters at full
     resolution with a spatial read-out is what makes their k-means features
     strong on small images; here the filters are learned by the method's loss
     instead of by k-means on whitened patches."""
@@ -81,17 +89,8 @@ class SingleLayerNet(nn.Module):
         super().__init__()
         _whole("filters", filters)
         _whole("patch_size", patch_size)
-        _whole("pool_grid", pool_grid, what=" (1: global average pooling)")
-        self.features = nn.Sequential(nn.Conv2d(in_channels, filters, patch_size, bias=False), nn.BatchNorm2d(filters),
-                                      nn.ReLU(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(pool_grid)
-        self.out_dim = filters * pool_grid**2
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward(self, x):
-        return self.pool(self.features(x)).flatten(1)
+        self.features = conv_bn(in_channels, filters, kernel=patch_size, padding=0)
+        self.read_out(filters, pool_grid)
 
 
 class SmallStemResNet(torchvision.models.ResNet):

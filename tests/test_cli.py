@@ -46,22 +46,22 @@ def test_corrupt_dataset_file_is_named(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing written for a run that could not start
 
 
-def test_pretrain_then_probe_json_schema(fm_small, tmp_path):
+def test_pretrain_then_probe_json_schema(fm_tiny, tmp_path):
     out = tmp_path / "run"
-    done = run_cli("pretrain", "denoising-autoencoder", "--data", fm_small, "--budget", "512", "--out", str(out),
+    done = run_cli("pretrain", "denoising-autoencoder", "--data", fm_tiny, "--budget", "512", "--out", str(out),
                    "-o", "batch_size=64", "--quiet")
     assert done.returncode == 0, done.stderr
     assert (out / "figures" / "reconstructions.png").is_file() and (out / "config.yaml").is_file()
     done = run_cli("probe", str(out), "--labels", "1,10", "--seeds", "2", "--json", "--no-supervised")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["method"] == "denoising-autoencoder" and result["dataset"] == "fm-small.npz"
+    assert result["method"] == "denoising-autoencoder" and result["dataset"] == "fm-tiny.npz"
     for rows in [result["results"], result["references"]["raw_pixels"], result["references"]["random_encoder"]]:
         assert {(r["labels_per_class"], r["classifier"]) for r in rows} == {(1, "linear"), (1, "knn"), (10, "linear"), (10, "knn")}
         assert all(0 <= r["accuracy_mean"] <= 1 and r["seeds"] == [0, 1] for r in rows)
     assert json.loads((out / "probe.json").read_text()) == result
     # the existing run is not clobbered
-    done = run_cli("pretrain", "denoising-autoencoder", "--data", fm_small, "--out", str(out))
+    done = run_cli("pretrain", "denoising-autoencoder", "--data", fm_tiny, "--out", str(out))
     assert done.returncode == 2 and "already holds a run" in done.stderr
     assert (out / "encoder.safetensors").is_file()
 

@@ -58,16 +58,16 @@ def test_merge_rows_keeps_each_encoder_and_pools_the_spread():
     assert row["accuracy_std"] == pytest.approx(math.sqrt(0.02))  # over all four values
 
 
-def test_the_probe_reads_family_metrics_from_the_whole_trained_method(fm_small, tmp_path):
+def test_the_probe_reads_family_metrics_from_the_whole_trained_method(fm_tiny, tmp_path):
     """Family metrics need the trained heads: the probe's pretext accuracy is the trained network's, not a random head's."""
     import unsup
     from unsup.run import load_method
 
-    run = unsup.pretrain("rotation", data=fm_small, budget="1600", out=tmp_path / "r", quiet=True, monitor=False,
+    run = unsup.pretrain("rotation", data=fm_tiny, budget="1600", out=tmp_path / "r", quiet=True, monitor=False,
                          options={"batch_size": 64}, figures=False)
     # the random references too (they rebuild the backbone), not the supervised one: it trains for minutes
     got = probe_run(run, [10], 1, "cpu", supervised=False, family_metrics=True)["metrics"]
-    assert got == load_method(run, whole=True).eval().family_metrics(fm_small, "cpu")
+    assert got == load_method(run, whole=True).eval().family_metrics(fm_tiny, "cpu")
     assert got["pretext_accuracy"] > 0.4  # a random head reads about chance (0.25)
     (run / "checkpoint.pt").unlink()
     with pytest.raises(UnsupError, match="no checkpoint.pt; the heads and generators are kept only there"):
@@ -116,8 +116,8 @@ def test_plan_validation_and_floors():
     assert floor_value(check_floors(result, {"x": ">= 0.2"})[0]) == "0.1"
 
 
-def test_validation_split_is_a_fixed_part_of_the_training_split(fm_small):
-    train = load(fm_small, "train")
+def test_validation_split_is_a_fixed_part_of_the_training_split(fm_tiny):
+    train = load(fm_tiny, "train")
     fit, held = validation_split(train)
     assert len(fit) + len(held) == len(train) and len(held) == len(train) // 6
     again = validation_split(train)[1]
@@ -145,14 +145,14 @@ class _Page(html.parser.HTMLParser):
             self.cells[-1] += data
 
 
-def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, capsys):
+def test_bench_end_to_end_on_a_tiny_dataset(fm_tiny, tmp_path, monkeypatch, capsys):
     from unsup import api
     from unsup.evaluate import supervised_rows
 
     # the supervised references capped at 30 steps, as a test can afford
     monkeypatch.setattr(api, "supervised_rows", lambda *a, **k: supervised_rows(*a, **k, max_steps=30))
     plan = tmp_path / "plan.yaml"
-    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [1, 10]\nlabel_seeds: 2\nentries:\n"
+    plan.write_text(f"data: {fm_tiny}\nbudget: '1500'\nlabels: [1, 10]\nlabel_seeds: 2\nentries:\n"
                     "  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n"
                     "    floors: {linear@10: '>= 0.3'}\n"
                     "  - {method: rotation, name: rotation-2seeds, seeds: [0, 1]}\n")
@@ -184,7 +184,7 @@ def test_bench_end_to_end_on_a_tiny_dataset(fm_small, tmp_path, monkeypatch, cap
     assert Path(probe_run.__module__.replace(".", "/")).name == "api"
 
 
-def test_a_failed_entry_does_not_stop_the_bench(fm_small, tmp_path, monkeypatch, capsys):
+def test_a_failed_entry_does_not_stop_the_bench(fm_tiny, tmp_path, monkeypatch, capsys):
     """An entry that fails is reported in one line; the others run and are kept; the same command retries it."""
     from unsup import api
 
@@ -197,7 +197,7 @@ def test_a_failed_entry_does_not_stop_the_bench(fm_small, tmp_path, monkeypatch,
 
     monkeypatch.setattr(api, "pretrain", pretrain)
     plan = tmp_path / "plan.yaml"
-    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n"
+    plan.write_text(f"data: {fm_tiny}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n"
                     "  - {method: rotation}\n  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n")
     out = tmp_path / "bench"
     assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet"]) == 2
@@ -226,7 +226,7 @@ def test_a_failed_entry_does_not_stop_the_bench(fm_small, tmp_path, monkeypatch,
     assert kept["kmeans"]["floors"][0]["met"] is True and "floors" not in kept["rotation"]
 
 
-def test_an_entry_given_more_seeds_pretrains_and_probes_only_the_new_ones(fm_small, tmp_path, monkeypatch, capsys):
+def test_an_entry_given_more_seeds_pretrains_and_probes_only_the_new_ones(fm_tiny, tmp_path, monkeypatch, capsys):
     """A one-seed entry that gains pretraining seeds keeps its finished run and probe; only the new seed is run."""
     from unsup import api
 
@@ -236,7 +236,7 @@ def test_an_entry_given_more_seeds_pretrains_and_probes_only_the_new_ones(fm_sma
     monkeypatch.setattr(api, "probe_run", lambda run, *a, **kw: calls["probe"].append(Path(run).name) or real_probe(run, *a, **kw))
     plan = tmp_path / "plan.yaml"
     entry = "  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n"
-    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n{entry}")
+    plan.write_text(f"data: {fm_tiny}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n{entry}")
     out = tmp_path / "bench"
     assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     one = json.loads((out / "results" / "kmeans.json").read_text())
@@ -256,10 +256,10 @@ def test_an_entry_given_more_seeds_pretrains_and_probes_only_the_new_ones(fm_sma
     assert calls["pretrain"] == [0, 1] and calls["probe"][2:] == ["kmeans", "kmeans-seed1"]
 
 
-def test_entries_side_by_side_equal_one_after_another(fm_small, tmp_path, capsys):
+def test_entries_side_by_side_equal_one_after_another(fm_tiny, tmp_path, capsys):
     """--jobs 2 runs entries in two processes with the results of one process; a failing entry is reported."""
     plan = tmp_path / "plan.yaml"
-    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n"
+    plan.write_text(f"data: {fm_tiny}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsupervised: false\nentries:\n"
                     "  - {method: rotation}\n  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n"
                     f"  - {{method: rotation, name: broken, data: {tmp_path / 'missing.npz'}}}\n")
     runs = {}
@@ -277,13 +277,13 @@ def test_entries_side_by_side_equal_one_after_another(fm_small, tmp_path, capsys
         assert [r["accuracies"] for r in runs["one"][method]["results"]] == [r["accuracies"] for r in runs["two"][method]["results"]]
 
 
-def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_path, monkeypatch, capsys):
+def test_a_screen_without_the_supervised_reference_trains_none(fm_tiny, tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("a plan with supervised: false trained the supervised reference")
 
     monkeypatch.setattr(supervised, "supervised_references", refuse)
     plan = tmp_path / "plan.yaml"
-    plan.write_text(f"data: {fm_small}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsplit: validation\nsupervised: false\n"
+    plan.write_text(f"data: {fm_tiny}\nbudget: '1500'\nlabels: [10]\nlabel_seeds: 2\nsplit: validation\nsupervised: false\n"
                     "entries:\n  - method: kmeans\n    options: {num_centroids: 32, num_patches: 5000}\n")
     out = tmp_path / "bench"
     assert cli.main(["bench", "--plan", str(plan), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
@@ -308,16 +308,16 @@ def test_a_screen_without_the_supervised_reference_trains_none(fm_small, tmp_pat
     assert json.loads(kept.read_text())["spec"]["config"]["num_centroids"] == 32
 
 
-def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_small, tmp_path):
+def test_random_reference_of_a_non_backbone_encoder_is_a_distribution(fm_tiny, tmp_path):
     """k-means' random reference keeps the learned whitening: each init draws its own centroids."""
     from unsup.api import pretrain
     from unsup.evaluate.protocol import random_encoder_rows
     from unsup.run import RunDir, load_method
 
-    run = pretrain("kmeans", data=fm_small, budget="3000", out=tmp_path / "km", device="cpu", quiet=True,
+    run = pretrain("kmeans", data=fm_tiny, budget="3000", out=tmp_path / "km", device="cpu", quiet=True,
                    options={"num_centroids": 32, "num_patches": 5000}, monitor=False, figures=False)
     method = load_method(run)
-    train, test = load(fm_small, "train"), load(fm_small, "test")
+    train, test = load(fm_tiny, "train"), load(fm_tiny, "test")
     rows = random_encoder_rows(method, train, test, budgets=(10,), seeds=1, device="cpu")
     by_init = rows[0]["accuracies_by_init"]
     assert rows[0]["inits"] == 3 and len({a for (a,) in by_init}) > 1

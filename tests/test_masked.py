@@ -100,6 +100,24 @@ def test_small_convnet_out_channels_widen_only_the_last_conv():
             build_encoder("small-convnet", 1, 28, {"out_channels": bad})
 
 
+def test_small_convnet_every_conv_read_out_adds_the_earlier_layers():
+    torch.manual_seed(0)
+    last = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 3})
+    torch.manual_seed(0)
+    every = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 3, "read_out": "every-conv"})
+    assert every.out_dim == (8 + 8 + 16 + 16 + 32 + 64) * 9
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        f, g = every.eval()(x), last.eval()(x)
+    assert f.shape == (2, every.out_dim)
+    assert torch.equal(f[:, -64 * 9:], g)  # the same weights: the last conv's part is the default read-out
+    assert f[:, :8 * 9].abs().sum() > 0  # the first conv's regions are there too
+    assert every.forward_features(x).shape == (2, 64, 7, 7)  # the spatial map stays the last conv's
+    assert repr(every) != repr(last)  # keys a random-encoder reference of its own
+    with pytest.raises(UnsupError, match="read_out must be one of last, every-conv"):
+        build_encoder("small-convnet", 1, 28, {"read_out": "all"})
+
+
 def test_single_layer_net_reads_out_a_grid_of_its_filters():
     enc = build_encoder("single-layer", 1, 28, {"filters": 16, "patch_size": 6, "pool_grid": 2})
     assert enc.out_dim == 16 * 4

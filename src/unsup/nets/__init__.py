@@ -53,25 +53,50 @@ class GridPooled(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+READ_OUTS = ("last", "every-conv")
+
+
 class SmallConvNet(GridPooled):
     """A VGG-style convnet for 28x28 / 32x32 images, cheap enough for a CPU:
     three stages (32, 64, 128 channels by default), each two 3x3 convs with
     batch norm, max-pooled between stages, the last conv giving ``out_dim``
     channels (the factory's ``out_channels``; default 8 x width = 256), read
     out globally by default or over a grid, the spatial read-out Coates et al.
-    probe k-means features with (their quadrants: 2)."""
+    probe k-means features with (their quadrants: 2). ``read_out="every-conv"``
+    pools every conv's map over that grid and concatenates them, the
+    multi-layer read-out Exemplar-CNN (Dosovitskiy et al. 2014) probes its
+    network with; ``forward_features`` stays the last map."""
 
-    def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None, pool_grid: int = 1):
+    def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None, pool_grid: int = 1,
+                 read_out: str = "last"):
         super().__init__()
         w = width
         if out_dim is not None:
             _whole("out_channels", out_dim, what=" (the last conv's channels)")
+        if read_out not in READ_OUTS:
+            raise UnsupError(f"read_out must be one of {', '.join(READ_OUTS)}; got {read_out!r}")
         self.features = nn.Sequential(
             conv_bn(in_channels, w), conv_bn(w, w), nn.MaxPool2d(2),
             conv_bn(w, 2 * w), conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
             conv_bn(2 * w, 4 * w), conv_bn(4 * w, out_dim or 8 * w),
         )
-        self.read_out(out_dim or 8 * w, pool_grid)
+        self.every_conv = read_out == "every-conv"
+        convs = [block[0].out_channels for block in self.features if isinstance(block, nn.Sequential)]
+        self.read_out(sum(convs) if self.every_conv else convs[-1], pool_grid)
+
+    def extra_repr(self) -> str:
+        # in the repr that keys the cached random-encoder reference: the read-outs' weights are the same
+        return "read_out='every-conv'" if self.every_conv else ""
+
+    def forward(self, x):
+        if not self.every_conv:
+            return super().forward(x)
+        pooled = []
+        for layer in self.features:
+            x = layer(x)
+            if isinstance(layer, nn.Sequential):  # a conv block (conv, batch norm, ReLU)
+                pooled.append(self.pool(x).flatten(1))
+        return torch.cat(pooled, 1)
 
 
 class SingleLayerNet(GridPooled):
@@ -112,8 +137,8 @@ class SmallStemResNet(torchvision.models.ResNet):
 
 # --- the factories: (in_channels, image_size, **options) -> backbone --------
 def small_convnet(in_channels: int, image_size: int, width: int = 32, pool_grid: int = 1,
-                  out_channels: int | None = None) -> SmallConvNet:
-    return SmallConvNet(in_channels, width, out_channels, pool_grid)
+                  out_channels: int | None = None, read_out: str = "last") -> SmallConvNet:
+    return SmallConvNet(in_channels, width, out_channels, pool_grid, read_out)
 
 
 def single_layer(in_channels: int, image_size: int, filters: int = 512, patch_size: int = 6,

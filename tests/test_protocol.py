@@ -98,7 +98,9 @@ def test_plan_validation_and_floors():
     bad = [({"entries": []}, "non-empty"), ({"entries": ["kmeans"], "budgets": 3}, "unknown key"),
            ({"entries": [{"method": "nope"}]}, "nope"), ({"entries": ["kmeans", "kmeans"]}, "used twice"),
            ({"entries": [{"method": "kmeans", "floors": {"x": "about 3"}}]}, "bad rule"),
-           ({"entries": ["kmeans"], "split": "train"}, "split"), ({"entries": ["kmeans"], "supervised": "no"}, "supervised must be true or false"), ({"entries": [{"method": "kmeans", "options": {"k": 3}}]}, "entry 1: unknown option"), ({"entries": [{"method": "kmeans", "seeds": 3}]}, "seeds")]
+           ({"entries": ["kmeans"], "split": "train"}, "split"), ({"entries": ["kmeans"], "supervised": "no"}, "supervised must be true or false"), ({"entries": [{"method": "kmeans", "options": {"k": 3}}]}, "entry 1: unknown option"), ({"entries": [{"method": "kmeans", "seeds": 3}]}, "seeds"),
+           ({"entries": ["kmeans", {"method": "moco", "options": {"backbone_options": {"pool_gird": 3}}}]},
+            "entry 2: unknown backbone option.s. pool_gird for small-convnet")]
     for raw, words in bad:
         with pytest.raises(UnsupError, match=words):
             parse_plan(raw)

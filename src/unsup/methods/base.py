@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data.augment import AugmentConfig
 from ..errors import UnsupError
-from ..nets import Encoder, build_encoder
+from ..nets import Encoder, backbone_options, build_encoder
 
 FAMILIES = ["direct mapping", "clustering", "generative", "pretext", "video", "joint embedding", "masked"]
 
@@ -222,6 +222,8 @@ def config_from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "")
         else:
             values[key] = _check_value(cls.__name__, key, kind, getattr(defaults, key), value, prefix)
     cfg = cls(**values)
+    if isinstance(cfg, MethodConfig):  # a misspelt backbone option is refused here, not when its entry starts
+        backbone_options(cfg.backbone, cfg.backbone_options)
     if hasattr(cfg, "validate"):
         cfg.validate()
     return cfg

@@ -20,7 +20,7 @@ from unsup.errors import UnsupError
 from unsup.evaluate import supervised
 from unsup.evaluate.protocol import merge_rows
 from unsup.evaluate.stats import difference_interval
-from unsup.plan import check_floors, parse_plan
+from unsup.plan import check_floors, load_plan, parse_plan
 
 
 def test_interval_matches_a_hand_computed_case():
@@ -84,6 +84,14 @@ def test_plan_summary_estimates_only_what_is_left(tmp_path):
     minutes = [int(re.search(r"estimated wall-clock: about (\d+) min", s).group(1)) for s in (everything, two_kept)]
     assert minutes[0] == 3 * minutes[1]  # three equal entries, two of them reused
     assert "kmeans                   kept result, reused" in two_kept and "2 of them with a kept result" in two_kept
+
+
+def test_every_shipped_plan_still_parses():
+    # the results pages' rerun commands name these plans: an option renamed or removed must not break them
+    plans = sorted((Path(__file__).parents[1] / "benchmarks" / "plans").glob("*.yaml"))
+    assert len(plans) > 10
+    for path in plans:
+        assert load_plan(path).entries, path.name
 
 
 def test_plan_validation_and_floors():

@@ -100,6 +100,22 @@ def test_small_convnet_out_channels_widen_only_the_last_conv():
             build_encoder("small-convnet", 1, 28, {"out_channels": bad})
 
 
+def test_grid_means_are_adaptive_average_pooling():
+    from unsup.nets import GridMeans
+
+    for (h, w, g) in [(7, 7, 3), (28, 28, 3), (14, 14, 4), (5, 9, 3), (2, 2, 3)]:  # uneven, overlapping, tiny maps
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(3, 4, h, w).contiguous(memory_format=layout).requires_grad_()
+            want = torch.nn.AdaptiveAvgPool2d(g)(x)
+            got = GridMeans(g)(x)
+            assert got.shape == want.shape == (3, 4, g, g)
+            assert torch.allclose(got, want, atol=1e-6)
+            weights = torch.randn_like(want)
+            (grad_want,) = torch.autograd.grad((want * weights).sum(), x)
+            (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+            assert torch.allclose(grad_got, grad_want, atol=1e-6)
+
+
 def test_small_convnet_every_conv_read_out_adds_the_earlier_layers():
     torch.manual_seed(0)
     last = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 3})

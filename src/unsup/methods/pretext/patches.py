@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UnsupError
+from ...nets import GridMeans
 
 AUTO_SIZE = 48  # 28x28 images are resized to this side before patches are cut
 
@@ -147,7 +148,7 @@ def patch_encoder(method) -> nn.Module:
 
 
 def _last_pool(encoder: nn.Module) -> nn.Module:
-    pools = [m for m in encoder.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    pools = [m for m in encoder.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, GridMeans))]
     if not pools:
         raise UnsupError(f"{type(encoder).__name__}: no global pooling layer to read the spatial feature map from")
     return pools[-1]

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unsup.nets import GridMeans
+
 # the small convnet's ``features``: 0-1 stage 1 (28 px), 3-4 stage 2 (14 px), 6-7 stage 3 (7 px)
 READ_OUTS = {
     "last (the default)": (7,),
@@ -37,7 +39,7 @@ class LayerGrid(nn.Module):
 
     def __init__(self, encoder: nn.Module, layers: tuple[int, ...], grid: int = 3):
         super().__init__()
-        self.encoder, self.layers, self.pool = encoder, set(layers), nn.AdaptiveAvgPool2d(grid)
+        self.encoder, self.layers, self.pool = encoder, set(layers), GridMeans(grid)  # the library's grid read-out
 
     def forward(self, x):
         x, out = self.encoder.normalise(x), []

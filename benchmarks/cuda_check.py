@@ -115,6 +115,7 @@ def main() -> None:
             lines.append(f"| {name} | FAILED: {one_line(e)} | | | | | |")
             failures.append(name)
         print(lines[-1], flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")  # a run stopped later keeps the smoke table
 
     lines += ["", f"## Steady-state training throughput ({args.speed_budget} images; images/s after the first log step)", "",
               "| method | options | torch.compile | images/s | last loss | peak MiB |", "|---|---|---|---|---|---|"]
@@ -131,6 +132,7 @@ def main() -> None:
                 lines.append(f"| {name} | {options or '-'} | {comp} | FAILED: {one_line(e)} | | |")
                 failures.append(f"{name} {options or ''} compile={comp}".replace("  ", " "))
             print(lines[-1], flush=True)
+            Path(args.out).write_text("\n".join(lines) + "\n")
 
     if speed_runs:
         t0 = time.perf_counter()

@@ -194,6 +194,7 @@ def main() -> None:
                 opts = {**opts, "batch_size": 64}
             res["throughput"].append(throughput(name, data, opts, images, dev, Path(tmp)))
             print(res["throughput"][-1], flush=True)
+            save(res, Path(args.out), t0)
         if not args.skip_bench:
             budget = "2s" if args.smoke else "30s"
             methods = ["rotation"] if args.smoke else None
@@ -204,15 +205,21 @@ def main() -> None:
 
             res["bench"] = {"methods": list(methods or DEFAULT_BENCH), "budget": budget, "wall_seconds": round(time.perf_counter() - t, 1)}
             print(res["bench"], flush=True)
+            save(res, Path(args.out), t0)
         res["time_to_accuracy"] = time_to_accuracy("simclr", 0.85, "3s" if args.smoke else "150s", dev, 1.0 if args.smoke else 10.0)
+        save(res, Path(args.out), t0)
     if not args.skip_vit:
         res["vit_supervised"] = vit_supervised(dev, 5 if args.smoke else None)
         print(res["vit_supervised"], flush=True)
+    save(res, Path(args.out), t0)
+    print(markdown(res))
+
+
+def save(res: dict, out: Path, t0: float) -> None:
+    """Write what is measured so far (JSON and Markdown), so a run stopped by a time limit keeps its finished parts."""
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
     atomic_write(out, json.dumps(res, indent=2))
     atomic_write(out.with_suffix(".md"), markdown(res))
-    print(markdown(res))
 
 
 def _registered(name: str) -> bool:

@@ -25,7 +25,8 @@ RUNS = {  # tiny runs: the export does not care how well they trained
     "small-convnet": ("simclr", "16", {"batch_size": 8}),
     # a 3x3 grid over 7x7 (and 28x28) maps: regions that the grid does not divide evenly
     "small-convnet-grid": ("moco", "16", {"version": 3, "batch_size": 8,
-                                          "backbone_options": {"pool_grid": 3, "read_out": "every-conv"}}),
+                                          "backbone_options": {"pool_grid": 3, "read_out": "every-conv",
+                                                               "grid_statistics": "mean-max"}}),
     "resnet18": ("simclr", "4", {"batch_size": 4, "backbone": "resnet18"}),
     "kmeans": ("kmeans", "64", {"num_centroids": 16, "num_patches": 2000}),
     "dcgan": ("dcgan", "32", {"batch_size": 16}),  # a discriminator encoder: 4x4 max pooling over 7x7 maps

@@ -116,6 +116,40 @@ def test_grid_means_are_adaptive_average_pooling():
             assert torch.allclose(grad_got, grad_want, atol=1e-6)
 
 
+def test_grid_maxes_are_adaptive_max_pooling():
+    from unsup.nets import GridMaxes
+
+    for (h, w, g) in [(7, 7, 3), (14, 14, 4), (5, 9, 3), (2, 2, 3), (7, 7, 1)]:
+        x = torch.randn(3, 4, h, w).contiguous(memory_format=torch.channels_last).requires_grad_()
+        want = torch.nn.AdaptiveMaxPool2d(g)(x)
+        got = GridMaxes(g)(x)
+        assert got.shape == want.shape == (3, 4, g, g)
+        assert torch.equal(got, want)
+        weights = torch.randn_like(want)
+        (grad_want,) = torch.autograd.grad((want * weights).sum(), x)
+        (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+        assert torch.allclose(grad_got, grad_want, atol=1e-6)
+
+
+def test_small_convnet_mean_max_read_out_keeps_the_means_and_adds_the_maxima():
+    torch.manual_seed(0)
+    mean = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 3, "read_out": "every-conv"})
+    torch.manual_seed(0)
+    both = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 3, "read_out": "every-conv",
+                                                   "grid_statistics": "mean-max"})
+    assert both.out_dim == 2 * mean.out_dim
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        f, g = both.eval()(x), mean.eval()(x)
+    # per conv: its means (as the mean read-out has them), then its maxima, which bound the means from above
+    last_mean, last_max = f[:, -2 * 64 * 9:-64 * 9], f[:, -64 * 9:]
+    assert torch.equal(last_mean, g[:, -64 * 9:])
+    assert (last_max >= last_mean - 1e-6).all() and (last_max > last_mean + 1e-3).any()
+    assert repr(both) != repr(mean)  # keys a random-encoder reference of its own
+    with pytest.raises(UnsupError, match="grid_statistics must be one of mean, mean-max"):
+        build_encoder("small-convnet", 1, 28, {"grid_statistics": "max"})
+
+
 def test_small_convnet_every_conv_read_out_adds_the_earlier_layers():
     torch.manual_seed(0)
     last = build_encoder("small-convnet", 1, 28, {"width": 8, "pool_grid": 3})

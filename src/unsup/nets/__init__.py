@@ -70,16 +70,57 @@ class GridMeans(nn.Module):
         return pooled.view(b, g, g, c).permute(0, 3, 1, 2)
 
 
+def _regions(size: int, grid: int) -> list[tuple[int, int]]:
+    """The (start, stop) of each of ``grid`` regions along ``size`` positions, as ``_region_weights`` draws them."""
+    return [(i * size // grid, ((i + 1) * size + grid - 1) // grid) for i in range(grid)]
+
+
+class GridMaxes(nn.Module):
+    """The maximum over each region of ``GridMeans``'s grid, by slices (a
+    maximum over rows, then over columns), so it exports to ONNX for any grid."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        rows = torch.stack([x[:, :, a:b].amax(2) for a, b in _regions(h, self.grid)], 2)  # (B, C, grid, W)
+        return torch.stack([rows[..., a:b].amax(3) for a, b in _regions(w, self.grid)], 3)
+
+
+class GridMeansAndMaxes(nn.Module):
+    """Each region's mean and maximum, as ``2C`` channels (the means first)."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.means, self.maxes = GridMeans(grid), GridMaxes(grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.means(x), self.maxes(x)], 1)
+
+
+GRID_STATISTICS = ("mean", "mean-max")
+
+
 class GridPooled(nn.Module):
     """A convnet read out by average pooling over a ``pool_grid`` x
     ``pool_grid`` grid of regions, their averages concatenated (1: global
     average pooling); subclasses set ``features``."""
 
-    def read_out(self, channels: int, pool_grid: int) -> None:
+    def read_out(self, channels: int, pool_grid: int, statistics: str = "mean") -> None:
         _whole("pool_grid", pool_grid, what=" (1: global average pooling)")
-        # a grid by matmul (GridMeans); the global mean stays torch's pooling, fast already and part of the
-        # shipped references' key
-        self.pool = nn.AdaptiveAvgPool2d(1) if pool_grid == 1 else GridMeans(pool_grid)
+        if statistics not in GRID_STATISTICS:
+            raise UnsupError(f"grid_statistics must be one of {', '.join(GRID_STATISTICS)}; got {statistics!r}")
+        if statistics == "mean-max":
+            self.pool, channels = GridMeansAndMaxes(pool_grid), 2 * channels
+        else:
+            # a grid by matmul (GridMeans); the global mean stays torch's pooling, fast already and part of the
+            # shipped references' key
+            self.pool = nn.AdaptiveAvgPool2d(1) if pool_grid == 1 else GridMeans(pool_grid)
         self.out_dim = channels * pool_grid**2
 
     def forward_features(self, x):
@@ -101,10 +142,13 @@ class SmallConvNet(GridPooled):
     probe k-means features with (their quadrants: 2). ``read_out="every-conv"``
     pools every conv's map over that grid and concatenates them, the
     multi-layer read-out Exemplar-CNN (Dosovitskiy et al. 2014) probes its
-    network with; ``forward_features`` stays the last map."""
+    network with; ``forward_features`` stays the last map.
+    ``grid_statistics="mean-max"`` reads each region's maximum beside its
+    mean (twice the features): the spatial pyramid's max pooling (Yang et
+    al. 2009) with the grid's averages kept."""
 
     def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int | None = None, pool_grid: int = 1,
-                 read_out: str = "last"):
+                 read_out: str = "last", grid_statistics: str = "mean"):
         super().__init__()
         w = width
         if out_dim is not None:
@@ -118,7 +162,7 @@ class SmallConvNet(GridPooled):
         )
         self.every_conv = read_out == "every-conv"
         convs = [block[0].out_channels for block in self.features if isinstance(block, nn.Sequential)]
-        self.read_out(sum(convs) if self.every_conv else convs[-1], pool_grid)
+        self.read_out(sum(convs) if self.every_conv else convs[-1], pool_grid, grid_statistics)
 
     def extra_repr(self) -> str:
         # in the repr that keys the cached random-encoder reference: the read-outs' weights are the same
@@ -173,8 +217,8 @@ class SmallStemResNet(torchvision.models.ResNet):
 
 # --- the factories: (in_channels, image_size, **options) -> backbone --------
 def small_convnet(in_channels: int, image_size: int, width: int = 32, pool_grid: int = 1,
-                  out_channels: int | None = None, read_out: str = "last") -> SmallConvNet:
-    return SmallConvNet(in_channels, width, out_channels, pool_grid, read_out)
+                  out_channels: int | None = None, read_out: str = "last", grid_statistics: str = "mean") -> SmallConvNet:
+    return SmallConvNet(in_channels, width, out_channels, pool_grid, read_out, grid_statistics)
 
 
 def single_layer(in_channels: int, image_size: int, filters: int = 512, patch_size: int = 6,

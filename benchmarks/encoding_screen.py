@@ -1,0 +1,121 @@
+"""How to encode the every-conv read-out of a moco v3 small convnet (validation screen).
+
+    .venv/bin/python benchmarks/encoding_screen.py [--run RUN] [--out bench-out/encoding_screen] [--threads 2]
+
+Coates & Ng's k-means features owe much of their strength to the encoding
+that follows the filters, not to the filters (its random-centroid encoder is
+within half a point of the trained one; kmeans_floor_screens.md). This screen
+keeps the weights of a trained moco v3 (3x3 grid, read out at every conv, 10
+minutes alone on both cores, from benchmarks/plans/kmeans_floor_validation.yaml;
+pretrained here with the same settings when ``--run`` is missing) and changes
+only the encoding of each conv's map before the probe: the grid, the polarity
+split of "The Importance of Encoding Versus Training with Sparse Coding and
+Vector Quantization" (Coates & Ng 2011: relu(z) and relu(-z) of the
+pre-activation, kept apart), a signed square root of the pooled features
+(power normalisation), max pooling beside the mean, and a centring over
+channels at each position before the ReLU (a soft competition between
+features, as k-means's triangle activation is). The same encodings of the
+same network with random weights (3 initialisations, the protocol's seeds)
+are the reference. Validation split of the training set (50k / 10k; the test
+split is not read); linear probe and k-NN at 10 and 100 labels per class, 3
+label draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unsup.nets import GridMeans
+
+
+class Encoding(nn.Module):
+    """Every conv block of a small convnet encoder, each map encoded and pooled, concatenated."""
+
+    def __init__(self, encoder: nn.Module, grid: int = 3, polarity: bool = False, sqrt: bool = False,
+                 with_max: bool = False, centre: bool = False):
+        super().__init__()
+        self.encoder, self.pool, self.grid = encoder, GridMeans(grid), grid
+        self.polarity, self.sqrt, self.with_max, self.centre = polarity, sqrt, with_max, centre
+
+    def encode(self, z: torch.Tensor) -> list[torch.Tensor]:
+        if self.centre:
+            z = z - z.mean(1, keepdim=True)
+        maps = [z.relu()] + ([(-z).relu()] if self.polarity else [])
+        out = []
+        for m in maps:
+            pooled = self.pool(m).flatten(1)
+            out.append(pooled.sqrt() if self.sqrt else pooled)
+            if self.with_max:
+                out.append(nn.functional.adaptive_max_pool2d(m, self.grid).flatten(1))
+        return out
+
+    def forward(self, x):
+        x, out = self.encoder.normalise(x), []
+        for layer in self.encoder.net.features:
+            if isinstance(layer, nn.Sequential):  # conv, batch norm, ReLU: encode the pre-activation
+                z = layer[1](layer[0](x))
+                out += self.encode(z)
+                x = layer[2](z)
+            else:
+                x = layer(x)
+        return torch.cat(out, 1)
+
+
+ENCODINGS = {
+    "mean over the 3x3 grid (the read-out trained)": {},
+    "mean over a 4x4 grid": {"grid": 4},
+    "polarity split": {"polarity": True},
+    "signed square root": {"sqrt": True},
+    "mean and max": {"with_max": True},
+    "centred over channels": {"centre": True},
+    "polarity split, signed square root": {"polarity": True, "sqrt": True},
+}
+
+
+def rows_for(encoder, train, test) -> dict:
+    from unsup.evaluate.features import extract_features
+    from unsup.evaluate.protocol import evaluate_features
+
+    result = {}
+    for name, options in ENCODINGS.items():
+        net = Encoding(encoder.eval(), **options)
+        tf, sf = extract_features(net, train.images), extract_features(net, test.images)
+        rows = evaluate_features(tf, train.labels, sf, test.labels, train.num_classes, budgets=[10, 100], seeds=3)
+        result[name] = {"features": tf.shape[1],
+                        **{f"{r['classifier']}@{r['labels_per_class']}": r["accuracies"] for r in rows}}
+        print(name, {k: round(100 * sum(v) / len(v), 1) for k, v in result[name].items() if k != "features"}, flush=True)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="bench-out/kmeans_floor_validation/runs/moco-v3-grid3-every-conv")
+    p.add_argument("--out", default="bench-out/encoding_screen")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from unsup import api
+    from unsup.data import load
+    from unsup.evaluate.protocol import random_encoders
+    from unsup.run import load_encoder, load_method
+
+    out, run = Path(args.out), Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = api.validation_split(load("fashion-mnist", "train"))
+    if not (run / "encoder.safetensors").exists():
+        api.pretrain("moco", train, budget="10m", out=run, quiet=True, figures=False, tensorboard=False, overwrite=True,
+                     options={"version": 3, "batch_size": 64,
+                              "backbone_options": {"pool_grid": 3, "read_out": "every-conv"}})
+    report = {"run": str(run), "trained": rows_for(load_encoder(run), train, test)}
+    for i, enc in enumerate(random_encoders(load_method(run))):
+        report[f"random {i}"] = rows_for(enc, train, test)
+    (out / "encoding_screen.json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

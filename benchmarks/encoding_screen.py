@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 import torch
+from readout_screen import probe_read_outs  # benchmarks/ is the script's folder
 from torch import nn
 
 from unsup.nets import GridMeans
@@ -78,18 +79,7 @@ ENCODINGS = {
 
 
 def rows_for(encoder, train, test) -> dict:
-    from unsup.evaluate.features import extract_features
-    from unsup.evaluate.protocol import evaluate_features
-
-    result = {}
-    for name, options in ENCODINGS.items():
-        net = Encoding(encoder.eval(), **options)
-        tf, sf = extract_features(net, train.images), extract_features(net, test.images)
-        rows = evaluate_features(tf, train.labels, sf, test.labels, train.num_classes, budgets=[10, 100], seeds=3)
-        result[name] = {"features": tf.shape[1],
-                        **{f"{r['classifier']}@{r['labels_per_class']}": r["accuracies"] for r in rows}}
-        print(name, {k: round(100 * sum(v) / len(v), 1) for k, v in result[name].items() if k != "features"}, flush=True)
-    return result
+    return probe_read_outs({name: Encoding(encoder.eval(), **options) for name, options in ENCODINGS.items()}, train, test)
 
 
 def main() -> None:

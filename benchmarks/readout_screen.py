@@ -51,12 +51,16 @@ class LayerGrid(nn.Module):
 
 
 def rows_for(encoder, train, test) -> dict:
+    return probe_read_outs({name: LayerGrid(encoder.eval(), layers) for name, layers in READ_OUTS.items()}, train, test)
+
+
+def probe_read_outs(nets: dict, train, test) -> dict:
+    """Linear probe and k-NN at 10 and 100 labels (3 draws) of each named read-out, printed as they finish."""
     from unsup.evaluate.features import extract_features
     from unsup.evaluate.protocol import evaluate_features
 
     result = {}
-    for name, layers in READ_OUTS.items():
-        net = LayerGrid(encoder.eval(), layers)
+    for name, net in nets.items():
         tf, sf = extract_features(net, train.images), extract_features(net, test.images)
         rows = evaluate_features(tf, train.labels, sf, test.labels, train.num_classes, budgets=[10, 100], seeds=3)
         result[name] = {"features": tf.shape[1],

@@ -46,12 +46,8 @@ def _region_weights(size: int, grid: int, like: torch.Tensor) -> torch.Tensor:
     return (inside / inside.sum(1, keepdim=True)).to(like.dtype)
 
 
-class GridMeans(nn.Module):
-    """``AdaptiveAvgPool2d(grid)`` computed as one matmul with the regions'
-    averaging weights: the same regions and values, and exportable to ONNX
-    when the grid does not divide the map (torch's pooling is not). Forward and
-    backward of 128 maps of 7x7x256 over a 3x3 grid, one thread of the 2-core
-    CPU: 2.4 ms against 7.6 ms."""
+class _Grid(nn.Module):
+    """A statistic of each region of a ``grid`` x ``grid`` layout, as a (B, C, grid, grid) map."""
 
     def __init__(self, grid: int):
         super().__init__()
@@ -59,6 +55,14 @@ class GridMeans(nn.Module):
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}"
+
+
+class GridMeans(_Grid):
+    """``AdaptiveAvgPool2d(grid)`` computed as one matmul with the regions'
+    averaging weights: the same regions and values, and exportable to ONNX
+    when the grid does not divide the map (torch's pooling is not). Forward and
+    backward of 128 maps of 7x7x256 over a 3x3 grid, one thread of the 2-core
+    CPU: 2.4 ms against 7.6 ms."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -75,16 +79,9 @@ def _regions(size: int, grid: int) -> list[tuple[int, int]]:
     return [(i * size // grid, ((i + 1) * size + grid - 1) // grid) for i in range(grid)]
 
 
-class GridMaxes(nn.Module):
+class GridMaxes(_Grid):
     """The maximum over each region of ``GridMeans``'s grid, by slices (a
     maximum over rows, then over columns), so it exports to ONNX for any grid."""
-
-    def __init__(self, grid: int):
-        super().__init__()
-        self.grid = grid
-
-    def extra_repr(self) -> str:
-        return f"grid={self.grid}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape

@@ -80,10 +80,15 @@ def _regions(size: int, grid: int) -> list[tuple[int, int]]:
 
 
 class GridMaxes(_Grid):
-    """The maximum over each region of ``GridMeans``'s grid, by slices (a
-    maximum over rows, then over columns), so it exports to ONNX for any grid."""
+    """The maximum over each region of ``GridMeans``'s grid: torch's adaptive
+    max pooling, and in an ONNX export the same maxima by slices (over rows,
+    then over columns), which export for any grid (the pooling does not when
+    the grid does not divide the map). The slices are slower: forward and
+    backward of 128 maps of 28x28x32, 20 ms against 3 ms on the 2-core CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return nn.functional.adaptive_max_pool2d(x, self.grid)
         _, _, h, w = x.shape
         rows = torch.stack([x[:, :, a:b].amax(2) for a, b in _regions(h, self.grid)], 2)  # (B, C, grid, W)
         return torch.stack([rows[..., a:b].amax(3) for a, b in _regions(w, self.grid)], 3)

@@ -28,10 +28,10 @@ import json
 from pathlib import Path
 
 import torch
-from readout_screen import probe_read_outs  # benchmarks/ is the script's folder
+from readout_screen import probe_read_outs, trained_and_random  # benchmarks/ is the script's folder
 from torch import nn
 
-from unsup.nets import GridMeans
+from unsup.nets import GridMaxes, GridMeans
 
 
 class Encoding(nn.Module):
@@ -40,7 +40,7 @@ class Encoding(nn.Module):
     def __init__(self, encoder: nn.Module, grid: int = 3, polarity: bool = False, sqrt: bool = False,
                  with_max: bool = False, centre: bool = False):
         super().__init__()
-        self.encoder, self.pool, self.grid = encoder, GridMeans(grid), grid
+        self.encoder, self.pool, self.maxes = encoder, GridMeans(grid), GridMaxes(grid)
         self.polarity, self.sqrt, self.with_max, self.centre = polarity, sqrt, with_max, centre
 
     def encode(self, z: torch.Tensor) -> list[torch.Tensor]:
@@ -52,7 +52,7 @@ class Encoding(nn.Module):
             pooled = self.pool(m).flatten(1)
             out.append(pooled.sqrt() if self.sqrt else pooled)
             if self.with_max:
-                out.append(nn.functional.adaptive_max_pool2d(m, self.grid).flatten(1))
+                out.append(self.maxes(m).flatten(1))
         return out
 
     def forward(self, x):
@@ -91,8 +91,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from unsup import api
     from unsup.data import load
-    from unsup.evaluate.protocol import random_encoders
-    from unsup.run import load_encoder, load_method
 
     out, run = Path(args.out), Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,10 +99,7 @@ def main() -> None:
         api.pretrain("moco", train, budget="10m", out=run, quiet=True, figures=False, tensorboard=False, overwrite=True,
                      options={"version": 3, "batch_size": 64,
                               "backbone_options": {"pool_grid": 3, "read_out": "every-conv"}})
-    report = {"run": str(run), "trained": rows_for(load_encoder(run), train, test)}
-    for i, enc in enumerate(random_encoders(load_method(run))):
-        report[f"random {i}"] = rows_for(enc, train, test)
-    (out / "encoding_screen.json").write_text(json.dumps(report, indent=1))
+    (out / "encoding_screen.json").write_text(json.dumps(trained_and_random(run, rows_for, train, test), indent=1))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,17 @@ def probe_read_outs(nets: dict, train, test) -> dict:
     return result
 
 
+def trained_and_random(run, rows_for, train, test) -> dict:
+    """``rows_for`` of a run's trained encoder and of its random encoders (the protocol's 3 initialisations)."""
+    from unsup.evaluate.protocol import random_encoders
+    from unsup.run import load_encoder, load_method
+
+    report = {"run": str(run), "trained": rows_for(load_encoder(run), train, test)}
+    for i, enc in enumerate(random_encoders(load_method(run))):
+        report[f"random {i}"] = rows_for(enc, train, test)
+    return report
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench-out/readout_screen")
@@ -78,8 +89,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from unsup import api
     from unsup.data import load
-    from unsup.evaluate.protocol import random_encoders
-    from unsup.run import load_encoder, load_method
 
     out = Path(args.out)
     train, test = api.validation_split(load("fashion-mnist", "train"))
@@ -87,11 +96,7 @@ def main() -> None:
     if not (run / "encoder.safetensors").exists():
         api.pretrain("moco", train, budget=args.budget, out=run, quiet=True, figures=False, tensorboard=False,
                      options={"version": 3, "batch_size": 64, "backbone_options": {"pool_grid": 3}}, overwrite=True)
-    report = {"trained": rows_for(load_encoder(run), train, test)}
-    method = load_method(run)
-    for i, enc in enumerate(random_encoders(method)):
-        report[f"random {i}"] = rows_for(enc, train, test)
-    (out / "readout_screen.json").write_text(json.dumps(report, indent=1))
+    (out / "readout_screen.json").write_text(json.dumps(trained_and_random(run, rows_for, train, test), indent=1))
 
 
 if __name__ == "__main__":

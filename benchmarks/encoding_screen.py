@@ -1,6 +1,7 @@
 """How to encode the every-conv read-out of a moco v3 small convnet (validation screen).
 
     .venv/bin/python benchmarks/encoding_screen.py [--run RUN] [--out bench-out/encoding_screen] [--threads 2]
+        [--only ENCODING ...]
 
 Coates & Ng's k-means features owe much of their strength to the encoding
 that follows the filters, not to the filters (its random-centroid encoder is
@@ -24,6 +25,7 @@ label draws.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -75,11 +77,12 @@ ENCODINGS = {
     "mean and max": {"with_max": True},
     "centred over channels": {"centre": True},
     "polarity split, signed square root": {"polarity": True, "sqrt": True},
+    "mean and max over a 4x4 grid": {"grid": 4, "with_max": True},
 }
 
 
-def rows_for(encoder, train, test) -> dict:
-    return probe_read_outs({name: Encoding(encoder.eval(), **options) for name, options in ENCODINGS.items()}, train, test)
+def rows_for(encoder, train, test, names=tuple(ENCODINGS)) -> dict:
+    return probe_read_outs({name: Encoding(encoder.eval(), **ENCODINGS[name]) for name in names}, train, test)
 
 
 def main() -> None:
@@ -87,6 +90,7 @@ def main() -> None:
     p.add_argument("--run", default="bench-out/kmeans_floor_validation/runs/moco-v3-grid3-every-conv")
     p.add_argument("--out", default="bench-out/encoding_screen")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", nargs="+", choices=list(ENCODINGS), help="these encodings only (default: all)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from unsup import api
@@ -99,7 +103,8 @@ def main() -> None:
         api.pretrain("moco", train, budget="10m", out=run, quiet=True, figures=False, tensorboard=False, overwrite=True,
                      options={"version": 3, "batch_size": 64,
                               "backbone_options": {"pool_grid": 3, "read_out": "every-conv"}})
-    (out / "encoding_screen.json").write_text(json.dumps(trained_and_random(run, rows_for, train, test), indent=1))
+    rows = functools.partial(rows_for, names=args.only or tuple(ENCODINGS))
+    (out / "encoding_screen.json").write_text(json.dumps(trained_and_random(run, rows, train, test), indent=1))
 
 
 if __name__ == "__main__":

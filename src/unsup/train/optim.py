@@ -59,10 +59,15 @@ def decay_groups(params) -> list[dict]:
 
 
 def _multi_tensor(groups: list[dict]) -> dict:
-    """One update for all parameters at once instead of a loop of small kernels: ``fused`` when every
-    parameter is a floating-point CUDA tensor, else ``foreach``."""
+    """One update for all parameters at once instead of a loop of small kernels: torch's ``fused`` kernels
+    when every parameter is a floating-point tensor on the CPU or on one kind of GPU, else ``foreach``. On
+    the CPU ``foreach`` falls back to one pass per operation and tensor, each allocating a temporary as
+    large as the parameter; the fused kernel makes one pass (AdamW over the 11.4M weights of moco v3's k-means
+    floor entry on the 2-core CPU: 3.0 ms a step against 65 ms, the same weights to 6e-8 after 20 steps;
+    benchmarks/results/optimizer_step.md)."""
     params = [p for g in groups for p in g["params"]]
-    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+    kinds = {p.device.type for p in params}
+    if params and all(p.is_floating_point() for p in params) and len(kinds) == 1 and kinds <= {"cpu", "cuda"}:
         return {"fused": True}
     return {"foreach": True}
 

@@ -83,6 +83,12 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: 
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas, **kernels)
     elif name == "sgd":
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kernels)
+        if momentum and kernels.get("fused"):
+            # the fused kernel takes every parameter's momentum buffer or none: a parameter whose first gradient
+            # comes later (a layer trained after others) would meet the others' buffers; a zero buffer plus the
+            # first gradient is the buffer SGD would start from
+            for p in (p for g in opt.param_groups for p in g["params"]):
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     elif name == "lars":
         opt = LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
@@ -90,6 +96,19 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: 
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     return opt
+
+
+def forget_state(optimizers, params) -> None:
+    """Restart the optimisers' history of ``params`` as if they were new (a re-initialised head): their
+    state tensors zeroed in place, which is the first step's state for Adam/AdamW (step 0, zero moments),
+    SGD without dampening (a zero buffer plus the gradient is the buffer it starts from) and LARS. Zeroed,
+    not removed: the fused kernels need every parameter's state or none."""
+    params = list(params)
+    for opt in optimizers:
+        for p in params:
+            for value in opt.state.get(p, {}).values():
+                if torch.is_tensor(value):
+                    value.zero_()
 
 
 SCHEDULES = ("cosine", "constant")

@@ -44,6 +44,7 @@ from ...data.augment import AugmentConfig, augment, to_float
 from ...errors import UnsupError
 from ...registry import register
 from ...train import distributed as dist
+from ...train.optim import forget_state
 from ..base import Method, MethodConfig
 from .kmeans_core import assign, kmeans
 
@@ -179,9 +180,7 @@ class DeepCluster(Method):
         self._cursor = 0
         self._round += 1
         self.head.reset_parameters()  # cluster indices are arbitrary: a new classifier each time
-        for opt in self._optimizers:
-            for p in self.head.parameters():
-                opt.state.pop(p, None)
+        forget_state(self._optimizers, self.head.parameters())
         sizes = torch.bincount(full, minlength=cfg.num_clusters)
         self.last_clustering = {"round": self._round, "epoch": epoch, "images": len(subset), "empty_filled": fixed,
                                 "largest_cluster": int(sizes.max()), "smallest_cluster": int(sizes.min())}

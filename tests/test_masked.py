@@ -293,6 +293,21 @@ def test_ijepa_target_encoder_is_a_frozen_moving_average():
     assert torch.allclose(w - before, torch.full_like(w, 0.004), atol=1e-5)
 
 
+def test_ijepa_distance_is_the_papers_l2_or_its_codes_smooth_l1(batch):
+    """The same weights and masks give mean squared error (the paper) or smooth L1 (the released code); the
+    two differ on the same prediction, and an unknown distance is refused in one line."""
+    losses = {}
+    for distance in ("l2", "smooth-l1"):
+        torch.manual_seed(0)
+        ij = make("ijepa", distance=distance)
+        torch.manual_seed(1)
+        losses[distance] = float(ij.training_loss(batch)[0].detach())
+    # layer-normalised targets: errors near 1 per element, where smooth L1 (0.5 e^2 below 1) is about half of e^2
+    assert 0.3 < losses["smooth-l1"] / losses["l2"] < 0.7, losses
+    with pytest.raises(UnsupError, match="distance .* must be one of l2, smooth-l1"):
+        make("ijepa", distance="l1")
+
+
 def test_ijepa_features_beat_a_random_vit(fm_small, tmp_path):
     # a narrow 2-block ViT on 12,800 images (400 steps, about 45 s of one core): the
     # target encoder's neighbourhoods already carry more of the classes than those

@@ -101,6 +101,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "d_norm": ("weight", "batch"),
     "arch": ("conv", "mlp"),
     "loss": ("L0", "Lall"),
+    "distance": ("l2", "smooth-l1"),
 }
 
 

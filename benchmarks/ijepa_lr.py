@@ -13,6 +13,13 @@ network at step 0, with the trainer's k-NN monitor (``KnnMonitor``: a bank of
 split is not read). Each
 ``--options`` (JSON) changes the method's config, e.g. a narrower ViT:
 ``'{"backbone_options": {"depth": 4, "embed_dim": 96}, "predictor_width": 48, "batch_size": 128}'``.
+
+At each reading it also scores two predictors that see no context against the
+current target encoder's layer-normalised tokens of 1,024 augmented training
+images (the mean squared error the L2 loss would give them): each position's
+mean token over the images (``position``), and that plus each image's mean
+token less the overall mean (``position+image``). A loss above ``position``
+means the predictor has not yet learnt more than where a target lies.
 """
 
 from __future__ import annotations
@@ -24,6 +31,20 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
+
+
+@torch.no_grad()
+def no_context_errors(method, images: torch.Tensor) -> dict:
+    """The mean squared error of the two context-free predictors (module docstring) on ``images``' target tokens."""
+    import torch.nn.functional as F
+
+    from unsup.data.augment import augment
+
+    h = method.encoder.forward_features(augment(images, method.cfg.augment))[:, method.encoder.net.num_prefix_tokens:]
+    h = F.layer_norm(h.float(), h.shape[-1:])
+    position = h.mean(0, keepdim=True)
+    both = position + h.mean(1, keepdim=True) - h.mean((0, 1), keepdim=True)
+    return {"position": float((h - position).pow(2).mean()), "position+image": float((h - both).pow(2).mean())}
 
 
 def run(lr: float, options: dict, steps: int, every: int) -> dict:
@@ -40,7 +61,9 @@ def run(lr: float, options: dict, steps: int, every: int) -> dict:
     method_cls = get_method("ijepa")
     cfg = config_from_dict(method_cls.Config, {**options, "lr": lr})
     method = method_cls(cfg, train.shape)
-    readings = [{"step": 0, "target": knn.accuracy(method.encoder, "cpu"), "context": None, "loss": None}]
+    probe_images = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:1024]]
+    readings = [{"step": 0, "target": knn.accuracy(method.encoder, "cpu"), "context": None, "loss": None,
+                 **no_context_errors(method, probe_images)}]
     opt = make_optimizer(cfg.optimizer, [p for p in method.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -52,7 +75,8 @@ def run(lr: float, options: dict, steps: int, every: int) -> dict:
         method.after_step(step / steps)
         if (step + 1) % every == 0:
             readings.append({"step": step + 1, "target": knn.accuracy(method.encoder, "cpu"),
-                             "context": knn.accuracy(method.context_encoder, "cpu"), "loss": float(loss.detach())})
+                             "context": knn.accuracy(method.context_encoder, "cpu"), "loss": float(loss.detach()),
+                             **no_context_errors(method, probe_images)})
             print(f"lr {lr:g} {json.dumps(options)} step {step + 1}: {readings[-1]}", flush=True)
     return {"lr": lr, "options": options, "seconds": round(time.perf_counter() - t0), "readings": readings}
 
@@ -70,7 +94,8 @@ def main() -> None:
         results = list(pool.map(run, *zip(*runs), [args.steps] * len(runs), [args.every] * len(runs)))
     for r in results:
         marks = " ".join(f"{x['step']}: {100 * x['target']:.1f}" + (f"/{100 * x['context']:.1f}" if x["context"] else "")
-                         for x in r["readings"])
+                         + (f" (loss {x['loss']:.3f}" if x["loss"] else " (")
+                         + f" no-context {x['position']:.3f} / {x['position+image']:.3f})" for x in r["readings"])
         print(f"lr {r['lr']:g} {json.dumps(r['options'])} ({r['seconds']} s): k-NN target/context {marks}")
 
 

@@ -20,7 +20,7 @@ from unsup import losses
 from unsup.methods.base import config_from_dict
 from unsup.registry import get_method
 from unsup.train.ema import cosine_momentum, ema_update, momentum_copy
-from unsup.train.optim import LARS, decay_groups, make_optimizer, set_lr
+from unsup.train.optim import LARS, decay_groups, forget_state, make_optimizer, set_lr
 
 # --- losses: values on hand-computed cases --------------------------------
 
@@ -192,6 +192,12 @@ def test_biases_and_norms_get_no_weight_decay():
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.1, 0.025, 0.025]
 
 
+def per_tensor_optimiser(name: str, params, **options):
+    """torch's reference loop (one tensor at a time) for the library's optimiser ``name``, its momentum included."""
+    kind = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    return kind(params, foreach=False, **options, **({"momentum": 0.9} if name == "sgd" else {}))
+
+
 @pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
 def test_cpu_optimisers_are_fused_and_match_the_per_tensor_update(name):
     """On the CPU the library's optimisers use torch's fused kernels (one pass per step, not one per
@@ -202,9 +208,7 @@ def test_cpu_optimisers_are_fused_and_match_the_per_tensor_update(name):
     ref, start = copy.deepcopy(net), copy.deepcopy(net)
     opt = make_optimizer(name, net.parameters(), lr=1e-2, weight_decay=1e-3)
     assert all(g["fused"] for g in opt.param_groups)
-    kind = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
-    extra = {"momentum": 0.9} if name == "sgd" else {}
-    ref_opt = kind(decay_groups(ref.parameters()), lr=1e-2, weight_decay=1e-3, foreach=False, **extra)
+    ref_opt = per_tensor_optimiser(name, decay_groups(ref.parameters()), lr=1e-2, weight_decay=1e-3)
     for _ in range(20):
         x, y = torch.randn(16, 30), torch.randn(16, 3)
         for model, o in ((net, opt), (ref, ref_opt)):
@@ -213,6 +217,48 @@ def test_cpu_optimisers_are_fused_and_match_the_per_tensor_update(name):
             o.step()
     for a, b, s in zip(net.parameters(), ref.parameters(), start.parameters()):
         assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, s, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "lars"])
+def test_forgotten_state_restarts_like_a_new_optimiser(name):
+    """DeepCluster's re-initialised head: its history is forgotten while the trunk's is kept, and its next
+    update is a fresh optimiser's first one (the fused kernels refuse a state present for some tensors only)."""
+    torch.manual_seed(0)
+    trunk, head = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))
+    opt = make_optimizer(name, [trunk, head], 0.1, 0.0)
+    for _ in range(3):
+        trunk.grad, head.grad = torch.randn(4, 4), torch.randn(4)
+        opt.step()
+    trunk_state = {k: v.clone() for k, v in opt.state[trunk].items() if torch.is_tensor(v)}
+    forget_state([opt], [head])
+    assert all(torch.equal(opt.state[trunk][k], v) for k, v in trunk_state.items()), name  # the trunk's history kept
+    assert all(torch.count_nonzero(v) for k, v in trunk_state.items() if k != "step"), name
+    fresh_head = torch.nn.Parameter(head.detach().clone())
+    fresh = make_optimizer(name, [fresh_head], 0.1, 0.0)
+    grad = torch.randn(4)
+    trunk.grad, head.grad, fresh_head.grad = torch.randn(4, 4), grad.clone(), grad.clone()
+    opt.step()
+    fresh.step()
+    assert torch.allclose(head, fresh_head, atol=1e-6), name
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_a_parameter_first_trained_later_steps_like_the_per_tensor_loop(name):
+    """A layer trained after the others (greedy stacking, a new head): the fused kernels meet a parameter
+    without history beside parameters with one, and update it as torch's per-tensor loop does."""
+    torch.manual_seed(0)
+    first, later = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(3, 4))  # one group
+    copies = [torch.nn.Parameter(first.detach().clone()), torch.nn.Parameter(later.detach().clone())]
+    fused = make_optimizer(name, [first, later], 0.1, 0.01)
+    loop = per_tensor_optimiser(name, copies, lr=0.1, weight_decay=0.01)
+    for step in range(4):
+        grads = [torch.randn(4, 4), torch.randn(3, 4) if step >= 2 else None]
+        for params in ([first, later], copies):
+            for p, g in zip(params, grads):
+                p.grad = None if g is None else g.clone()
+        fused.step()
+        loop.step()
+    assert torch.allclose(first, copies[0], atol=1e-6) and torch.allclose(later, copies[1], atol=1e-6), name
 
 
 def test_lars_adapts_weights_only_and_reduces_a_loss():

@@ -14,7 +14,7 @@ from unsup.methods.base import config_from_dict
 from unsup.registry import get_method
 from unsup.run import RunDir
 from unsup.train.loop import TrainContext, _batches, train_loop
-from unsup.train.optim import forget_state, make_optimizer
+from unsup.train.optim import make_optimizer
 
 # the ways a tensor's value reaches Python (each waits for the device)
 HOST_READS = {"item", "tolist", "__float__", "__int__", "__bool__", "__index__", "__format__", "__repr__", "cpu", "numpy"}
@@ -146,46 +146,3 @@ def test_probe_on_the_device_matches_the_cpu():
     for a, b in zip(rows["cpu"], rows["cuda"]):
         assert a["accuracy_mean"] == pytest.approx(b["accuracy_mean"], abs=0.03)
 
-
-@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "lars"])
-def test_forgotten_state_restarts_like_a_new_optimiser(name):
-    """DeepCluster's re-initialised head: its history is forgotten while the trunk's is kept, and its next
-    update is a fresh optimiser's first one (the fused kernels refuse a state present for some tensors only)."""
-    torch.manual_seed(0)
-    trunk, head = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(4))
-    opt = make_optimizer(name, [trunk, head], 0.1, 0.0)
-    for _ in range(3):
-        trunk.grad, head.grad = torch.randn(4, 4), torch.randn(4)
-        opt.step()
-    trunk_state = {k: v.clone() for k, v in opt.state[trunk].items() if torch.is_tensor(v)}
-    forget_state([opt], [head])
-    assert all(torch.equal(opt.state[trunk][k], v) for k, v in trunk_state.items()), name  # the trunk's history kept
-    assert all(torch.count_nonzero(v) for k, v in trunk_state.items() if k != "step"), name
-    fresh_head = torch.nn.Parameter(head.detach().clone())
-    fresh = make_optimizer(name, [fresh_head], 0.1, 0.0)
-    grad = torch.randn(4)
-    trunk.grad, head.grad, fresh_head.grad = torch.randn(4, 4), grad.clone(), grad.clone()
-    opt.step()
-    fresh.step()
-    assert torch.allclose(head, fresh_head, atol=1e-6), name
-
-
-@pytest.mark.parametrize("name", ["adamw", "sgd"])
-def test_a_parameter_first_trained_later_steps_like_the_per_tensor_loop(name):
-    """A layer trained after the others (greedy stacking, a new head): the fused kernels meet a parameter
-    without history beside parameters with one, and update it as torch's per-tensor loop does."""
-    torch.manual_seed(0)
-    first, later = torch.nn.Parameter(torch.randn(4, 4)), torch.nn.Parameter(torch.randn(3, 4))  # one group
-    copies = [torch.nn.Parameter(first.detach().clone()), torch.nn.Parameter(later.detach().clone())]
-    fused = make_optimizer(name, [first, later], 0.1, 0.01)
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
-    extra = {"momentum": 0.9} if name == "sgd" else {}
-    loop = cls(copies, lr=0.1, weight_decay=0.01, foreach=False, **extra)
-    for step in range(4):
-        grads = [torch.randn(4, 4), torch.randn(3, 4) if step >= 2 else None]
-        for params in ([first, later], copies):
-            for p, g in zip(params, grads):
-                p.grad = None if g is None else g.clone()
-        fused.step()
-        loop.step()
-    assert torch.allclose(first, copies[0], atol=1e-6) and torch.allclose(later, copies[1], atol=1e-6), name

@@ -266,17 +266,21 @@ def test_mae_predictions_do_not_see_the_hidden_pixels(batch):
 
 # --- I-JEPA -------------------------------------------------------------------
 def test_ijepa_context_excludes_every_target_block():
+    """Per image: 4 filled rectangles of the batch's one size, a context that shares no token with them, the same
+    counts in every image; the blocks sit at different places in different images (the paper's collator)."""
     g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        ctx, tgt = sample_masks(7, 4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0), 4, g)
-        assert tgt.shape[0] == 4 and 6 <= tgt.shape[1] <= 12  # 2x3 .. 3x4 patches of a 7x7 grid
-        assert not set(ctx.tolist()) & set(tgt.flatten().tolist())
-        assert len(ctx) >= 4 and int(ctx.max()) < 49 and int(tgt.max()) < 49
+    for _ in range(50):
+        ctx, tgt = sample_masks(7, 16, 4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0), 4, g)
+        assert ctx.shape[0] == 16 and tgt.shape[:2] == (16, 4) and 6 <= tgt.shape[2] <= 12  # 2x3 .. 3x4 patches
+        assert ctx.shape[1] >= 4 and int(ctx.max()) < 49 and int(tgt.max()) < 49
+        for c, t in zip(ctx, tgt):
+            assert len(set(c.tolist())) == len(c) and not set(c.tolist()) & set(t.flatten().tolist())
         rows, cols = tgt // 7, tgt % 7  # each target is a filled rectangle
-        sizes = (rows.amax(1) - rows.amin(1) + 1) * (cols.amax(1) - cols.amin(1) + 1)
-        assert torch.equal(sizes, torch.full((4,), tgt.shape[1]))
+        sizes = (rows.amax(2) - rows.amin(2) + 1) * (cols.amax(2) - cols.amin(2) + 1)
+        assert torch.equal(sizes, torch.full((16, 4), tgt.shape[2]))
+        assert len({tuple(t.flatten().tolist()) for t in tgt}) > 1 and len({tuple(c.tolist()) for c in ctx}) > 1
     with pytest.raises(UnsupError, match="fewer than 60 context tokens"):
-        sample_masks(7, 4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0), 60, g)
+        sample_masks(7, 16, 4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0), 60, g)
 
 
 def test_ijepa_target_encoder_is_a_frozen_moving_average():

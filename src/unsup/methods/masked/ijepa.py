@@ -25,9 +25,10 @@ Scaled to 28x28 Fashion-MNIST on a CPU: ViT-tiny on a 7x7 patch grid (the
 block scales are fractions of the grid, so they carry over: targets of 2x3 to
 3x4 patches, a context of 6x6 or 7x7 before the targets are removed, at least
 ``min_context`` tokens left); a predictor of 6 blocks of width 96 (the paper:
-12 blocks of width 384 behind ViT-H). One block geometry is drawn per batch
-(every image then keeps the same number of tokens, which the paper's collator
-obtains by truncation) and redrawn each step. The paper's weight decay
+12 blocks of width 384 behind ViT-H). As in the paper's collator, one target
+size and one context size are drawn per batch and every block is placed per
+image (each image has its own context and targets, with the batch's token
+counts). The paper's weight decay
 schedule (0.04 to 0.4) is a constant 0.04 here. The ViT's final layer norm
 acts on every token, so the context tokens reach the predictor normalised, as
 from the paper's encoder.
@@ -49,7 +50,7 @@ from ...errors import UnsupError
 from ...registry import register
 from ...train.ema import ema_update, momentum_copy
 from ..base import Method, MethodConfig
-from .common import TokenPredictor, patchify, unpatchify, vit_of
+from .common import TokenPredictor, gather_tokens, patchify, unpatchify, vit_of
 
 DISTANCES = {"l2": F.mse_loss, "smooth-l1": F.smooth_l1_loss}
 MAX_TRIES = 50  # block draws before giving up on leaving min_context tokens to the context
@@ -65,29 +66,46 @@ def sample_block(grid: int, scale: tuple[float, float], aspect: tuple[float, flo
     return min(max(h, 1), grid), min(max(w, 1), grid)
 
 
-def place_block(grid: int, size: tuple[int, int], g: torch.Generator | None = None) -> torch.Tensor:
-    """A ``(grid * grid,)`` boolean mask of a block of ``size`` at a random position, row-major."""
+def place_blocks(grid: int, size: tuple[int, int], shape: tuple[int, ...], g: torch.Generator | None = None) -> torch.Tensor:
+    """Boolean masks ``shape + (grid * grid,)``, row-major, each of one block of
+    ``size`` at its own random position."""
     h, w = size
-    top = int(torch.randint(0, grid - h + 1, (1,), generator=g))
-    left = int(torch.randint(0, grid - w + 1, (1,), generator=g))
-    m = torch.zeros(grid, grid, dtype=torch.bool)
-    m[top : top + h, left : left + w] = True
-    return m.flatten()
+    top = torch.randint(0, grid - h + 1, (*shape, 1, 1), generator=g)
+    left = torch.randint(0, grid - w + 1, (*shape, 1, 1), generator=g)
+    rows, cols = torch.arange(grid).view(grid, 1), torch.arange(grid).view(1, grid)
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    return inside.flatten(-2)
 
 
-def sample_masks(grid: int, num_targets: int, target_scale, target_aspect, context_scale, min_context: int,
+def sample_masks(grid: int, batch: int, num_targets: int, target_scale, target_aspect, context_scale, min_context: int,
                  g: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token indices of the context ``(Kc,)`` and of each target block
-    ``(num_targets, Kt)`` (the targets share one size, as in the paper's
-    collator); the context is its block minus every target block."""
+    """Per image, token indices of the context ``(batch, Kc)`` and of each target
+    block ``(batch, num_targets, Kt)``, as the paper's collator draws them: one
+    target size and one context size per batch, every block at its own position
+    in each image; the context is its block minus the image's target blocks,
+    redrawn (targets too) for an image left with fewer than ``min_context``
+    tokens, and every image keeps the batch's smallest count of context tokens
+    (the collator keeps the first in raster order, here a random subset so
+    that no side of the block is dropped more often)."""
+    size = sample_block(grid, target_scale, target_aspect, g)
+    context_size = sample_block(grid, context_scale, (1.0, 1.0), g)
+    targets = place_blocks(grid, size, (batch, num_targets), g)
+    context = place_blocks(grid, context_size, (batch,), g) & ~targets.any(1)
     for _ in range(MAX_TRIES):
-        size = sample_block(grid, target_scale, target_aspect, g)
-        targets = torch.stack([place_block(grid, size, g) for _ in range(num_targets)])
-        context = place_block(grid, sample_block(grid, context_scale, (1.0, 1.0), g), g) & ~targets.any(0)
-        if int(context.sum()) >= min_context:
-            return context.nonzero().flatten(), torch.stack([t.nonzero().flatten() for t in targets])
-    raise UnsupError(f"ijepa: {MAX_TRIES} draws of {num_targets} target blocks left fewer than {min_context} context tokens "
-                     f"on a {grid}x{grid} grid; lower num_targets or target_scale, or min_context")
+        short = context.sum(1) < min_context
+        if not short.any():
+            break
+        n = int(short.sum())
+        targets[short] = place_blocks(grid, size, (n, num_targets), g)
+        context[short] = place_blocks(grid, context_size, (n,), g) & ~targets[short].any(1)
+    else:
+        raise UnsupError(f"ijepa: {MAX_TRIES} draws of {num_targets} target blocks left fewer than {min_context} context "
+                         f"tokens on a {grid}x{grid} grid; lower num_targets or target_scale, or min_context")
+    keep = int(context.sum(1).min())
+    ranked = context.float() + 0.5 * torch.rand(context.shape, generator=g)  # context tokens first, in random order
+    ctx = ranked.topk(keep, dim=1).indices.sort(1).values
+    tgt = targets.nonzero()[:, -1].reshape(batch, num_targets, size[0] * size[1])
+    return ctx, tgt
 
 
 @dataclass
@@ -134,28 +152,28 @@ class IJEPA(Method):
         self.predictor = TokenPredictor(vit.out_dim, cfg.predictor_width, cfg.predictor_depth, cfg.predictor_heads,
                                         vit.out_dim, vit.grid)
 
-    def masks(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(self, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
-        ctx, tgt = sample_masks(self.context_encoder.net.grid, cfg.num_targets, cfg.target_scale, cfg.target_aspect,
-                                cfg.context_scale, cfg.min_context)
-        return ctx.to(device), tgt.to(device)
+        ctx, tgt = sample_masks(self.context_encoder.net.grid, batch, cfg.num_targets, cfg.target_scale,
+                                cfg.target_aspect, cfg.context_scale, cfg.min_context)
+        return ctx.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
 
     def training_loss(self, images):
         x = augment(images, self.cfg.augment)
-        ctx, tgt = self.masks(x.device)
-        m, kt = tgt.shape
         b = x.shape[0]
+        ctx, tgt = self.masks(b, x.device)
+        m, kt = tgt.shape[1:]
         with torch.no_grad():
             target_vit = self.encoder.net
             h = self.encoder.forward_features(x)[:, target_vit.num_prefix_tokens:]
             h = F.layer_norm(h.float(), h.shape[-1:])
-            targets = h[:, tgt.flatten()].reshape(b, m, kt, -1).transpose(0, 1).flatten(0, 1)  # (M * B, Kt, D)
+            targets = gather_tokens(h, tgt.flatten(1)).reshape(b, m, kt, -1).transpose(0, 1).flatten(0, 1)  # (M * B, Kt, D)
         vit = self.context_encoder.net
-        z = vit.encode(vit.patch_tokens(self.context_encoder.normalise(x))[:, ctx])[:, vit.num_prefix_tokens:]
+        z = vit.encode(gather_tokens(vit.patch_tokens(self.context_encoder.normalise(x)), ctx))[:, vit.num_prefix_tokens:]
         # every target block of an image is predicted from the same context: the batch repeated M times
-        pred = self.predictor(z.repeat(m, 1, 1), ctx.expand(m * b, -1), tgt.repeat_interleave(b, 0))
+        pred = self.predictor(z.repeat(m, 1, 1), ctx.repeat(m, 1), tgt.transpose(0, 1).flatten(0, 1))
         loss = DISTANCES[self.cfg.distance](pred.float(), targets)
-        return loss, {"context_tokens": float(len(ctx)), "target_tokens": float(m * kt)}
+        return loss, {"context_tokens": float(ctx.shape[1]), "target_tokens": float(m * kt)}
 
     def after_step(self, progress: float) -> None:
         base = self.cfg.momentum_base
@@ -171,10 +189,11 @@ class IJEPA(Method):
         p = self.context_encoder.net.patch
         patches = patchify(x, p)
         rows = []
-        for ctx, tgt in (self.masks("cpu") for _ in range(len(x))):
+        ctxs, tgts = self.masks(len(x), "cpu")
+        for i, (ctx, tgt) in enumerate(zip(ctxs, tgts)):
             for idx in (ctx, tgt.flatten()):
                 shown = torch.full_like(patches[0], 0.5)
-                shown[idx] = patches[len(rows) // 2, idx]
+                shown[idx] = patches[i, idx]
                 rows.append(shown)
         views = unpatchify(torch.stack(rows), p, x.shape[1])
         path = Path(out_dir) / "masks.png"

@@ -36,12 +36,9 @@ import torch
 @torch.no_grad()
 def no_context_errors(method, images: torch.Tensor) -> dict:
     """The mean squared error of the two context-free predictors (module docstring) on ``images``' target tokens."""
-    import torch.nn.functional as F
-
     from unsup.data.augment import augment
 
-    h = method.encoder.forward_features(augment(images, method.cfg.augment))[:, method.encoder.net.num_prefix_tokens:]
-    h = F.layer_norm(h.float(), h.shape[-1:])
+    h = method.target_tokens(augment(images, method.cfg.augment))
     position = h.mean(0, keepdim=True)
     both = position + h.mean(1, keepdim=True) - h.mean((0, 1), keepdim=True)
     return {"position": float((h - position).pow(2).mean()), "position+image": float((h - both).pow(2).mean())}

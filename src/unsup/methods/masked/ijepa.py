@@ -158,16 +158,20 @@ class IJEPA(Method):
                                 cfg.target_aspect, cfg.context_scale, cfg.min_context)
         return ctx.to(device, non_blocking=True), tgt.to(device, non_blocking=True)
 
+    @torch.no_grad()
+    def target_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """What the predictor must match: the target encoder's patch tokens of the whole image ``(B, N, D)``,
+        layer-normalised over the width without affine parameters, as the paper's code does."""
+        h = self.encoder.forward_features(x)[:, self.encoder.net.num_prefix_tokens:]
+        return F.layer_norm(h.float(), h.shape[-1:])
+
     def training_loss(self, images):
         x = augment(images, self.cfg.augment)
         b = x.shape[0]
         ctx, tgt = self.masks(b, x.device)
         m, kt = tgt.shape[1:]
-        with torch.no_grad():
-            target_vit = self.encoder.net
-            h = self.encoder.forward_features(x)[:, target_vit.num_prefix_tokens:]
-            h = F.layer_norm(h.float(), h.shape[-1:])
-            targets = gather_tokens(h, tgt.flatten(1)).reshape(b, m, kt, -1).transpose(0, 1).flatten(0, 1)  # (M * B, Kt, D)
+        h = self.target_tokens(x)
+        targets = gather_tokens(h, tgt.flatten(1)).reshape(b, m, kt, -1).transpose(0, 1).flatten(0, 1)  # (M * B, Kt, D)
         vit = self.context_encoder.net
         z = vit.encode(gather_tokens(vit.patch_tokens(self.context_encoder.normalise(x)), ctx))[:, vit.num_prefix_tokens:]
         # every target block of an image is predicted from the same context: the batch repeated M times
